@@ -1,0 +1,240 @@
+"""``AsyncSandboxEnv``: the async face, for rollout loops on asyncio or trio (via anyio)."""
+
+from __future__ import annotations
+
+import weakref
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from . import _protocol as P
+from ._errors import SandboxError
+from ._sandbox import (
+    CLOSE_TIMEOUT,
+    Sandbox,
+    State,
+    action_checker,
+    bad_action,
+    closed_error,
+    host_env_spec,
+    is_fatal,
+    reply_values,
+    start_sandbox,
+)
+from ._spec import DEFAULT_STARTUP_TIMEOUT, make_spec
+from ._transport import AsyncChannel
+
+__all__ = ["AsyncSandboxEnv"]
+
+
+class AsyncSandboxEnv:
+    """A Gymnasium environment running in its own sandbox process, driven with ``await``.
+
+    Start it with ``env = await AsyncSandboxEnv.create(...)`` or ``async with
+    AsyncSandboxEnv(...) as env``. Spaces, ``metadata``, ``render_mode`` and ``spec`` are
+    available once it is started. Works on asyncio and trio.
+
+    Args:
+        source: A Gymnasium id (``"CartPole-v1"``, ``"gym://CartPole-v1"``,
+            ``"ALE/Pong-v5"``, ``"my_pkg.envs:MyEnv-v0"``).
+        packages: Requirements installed into the sandbox (``["gymnasium==1.3.0"]``). Without a
+            gymnasium entry the sandbox gets the host's gymnasium version.
+        imports: Modules imported in the sandbox before the env is made (to register it).
+        render_mode: Passed to ``gymnasium.make``.
+        base_image: Docker image for the container backend (not available yet).
+        rlmesh_package: The rlmesh installed in the sandbox: ``"local"`` (newest wheel in
+            ``dist/``), a wheel path or a pip specifier. Default: the host's own rlmesh.
+        trust_remote_code: Allow sources that run repository code (EnvHub).
+        allow_unpinned_hf: Allow EnvHub sources not pinned to a full commit sha.
+        startup_timeout: Seconds for build plus startup before ``SandboxTimeoutError``.
+        call_timeout: Seconds each call may take (``None``: no limit); on expiry the sandbox
+            is stopped and ``SandboxTimeoutError`` raised.
+        **gym_make_kwargs: Forwarded to ``gymnasium.make`` in the sandbox.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        packages: list[str] | tuple[str, ...] = (),
+        imports: list[str] | tuple[str, ...] = (),
+        render_mode: str | None = None,
+        base_image: str | None = None,
+        rlmesh_package: str | None = None,
+        trust_remote_code: bool = False,
+        allow_unpinned_hf: bool = False,
+        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+        call_timeout: float | None = None,
+        **gym_make_kwargs: Any,
+    ) -> None:
+        self._factory_kwargs = dict(
+            source=source, packages=list(packages), imports=list(imports),
+            base_image=base_image, rlmesh_package=rlmesh_package,
+            trust_remote_code=trust_remote_code, allow_unpinned_hf=allow_unpinned_hf,
+            startup_timeout=startup_timeout, call_timeout=call_timeout, **gym_make_kwargs,
+        )  # fmt: skip
+        self._spec = make_spec(
+            source,
+            packages=packages,
+            imports=imports,
+            render_mode=render_mode,
+            base_image=base_image,
+            rlmesh_package=rlmesh_package,
+            trust_remote_code=trust_remote_code,
+            allow_unpinned_hf=allow_unpinned_hf,
+            startup_timeout=startup_timeout,
+            call_timeout=call_timeout,
+            make_kwargs=gym_make_kwargs,
+        )
+        self._state = State.CREATED
+        self._reason: str | None = None
+        self._sandbox: Sandbox | None = None
+        self._channel: AsyncChannel | None = None
+        self._encoder = P.RequestEncoder()
+        self._contains: Any = None
+        self._timeout = self._spec.call_timeout
+
+    @classmethod
+    async def create(cls, source: str, **options: Any) -> AsyncSandboxEnv:
+        """Build (or reuse) the sandbox, start it and make the env; takes the same options."""
+        env = cls(source, **options)
+        await env.start()
+        return env
+
+    async def start(self) -> None:
+        """Start the sandbox of an env built with the constructor (``create`` does this)."""
+        if self._state is not State.CREATED:
+            raise closed_error(self._spec.label, self._state, "start() was already called")
+        sandbox = await start_sandbox(self._spec)
+        self._sandbox = sandbox
+        self._channel = AsyncChannel(sandbox.child, sandbox.reader)
+        self._contains = action_checker(sandbox.action_space)
+        self._env_spec = host_env_spec(sandbox, self._factory_kwargs)
+        self._finalizer = weakref.finalize(self, sandbox.child.abandon)
+        self._state = State.READY
+
+    # -- what the host knows -------------------------------------------------------------
+
+    def _started(self) -> Sandbox:
+        if self._sandbox is None:
+            raise closed_error(self._spec.label, self._state, None)
+        return self._sandbox
+
+    @property
+    def observation_space(self) -> Any:
+        """The observation space, rebuilt on the host."""
+        return self._started().observation_space
+
+    @property
+    def action_space(self) -> Any:
+        """The action space, rebuilt on the host."""
+        return self._started().action_space
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The env's ``metadata`` as the sandbox reports it."""
+        return self._started().metadata
+
+    @property
+    def render_mode(self) -> str | None:
+        return self._started().render_mode
+
+    @property
+    def spec(self) -> Any:
+        """An ``EnvSpec`` whose ``make()`` builds an equivalent ``SandboxEnv``."""
+        self._started()
+        return self._env_spec
+
+    @property
+    def state(self) -> State:
+        """``created``, ``ready``, ``closed`` or ``broken``."""
+        return self._state
+
+    @property
+    def pid(self) -> int | None:
+        """The sandbox process id, once started."""
+        return None if self._sandbox is None else self._sandbox.child.pid
+
+    @property
+    def sandbox_versions(self) -> dict[str, Any]:
+        """Versions the sandbox reported in its handshake (rlmesh, python, gymnasium, numpy)."""
+        return dict(self._started().versions)
+
+    # -- calls -----------------------------------------------------------------------------
+
+    async def _call(self, message: list[Any], what: str, length: int) -> list[Any]:
+        if self._state is not State.READY:
+            raise closed_error(self._spec.label, self._state, self._reason)
+        assert self._channel is not None
+        try:
+            reply = await self._channel.request(self._encoder.encode(message), what, self._timeout)
+            return reply_values(reply, length)
+        except SandboxError as exc:
+            if is_fatal(exc):
+                self._break(exc)
+            raise
+
+    def _break(self, exc: BaseException) -> None:
+        self._state = State.BROKEN
+        self._reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        if self._sandbox is not None:
+            self._sandbox.child.abandon()
+
+    async def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Reset the env; returns ``(observation, info)``."""
+        reply = await self._call([P.RESET, seed, options], "reset()", 3)
+        return reply[1], reply[2]
+
+    async def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """Step the env; returns ``(observation, reward, terminated, truncated, info)``.
+
+        Raises:
+            ValueError: ``action`` is not in ``action_space`` (nothing is sent).
+        """
+        if self._contains is not None and not self._contains(action):
+            raise bad_action(self._started(), action)
+        reply = await self._call([P.STEP, action], "step()", 6)
+        return reply[1], reply[2], reply[3], reply[4], reply[5]
+
+    async def render(self) -> Any:
+        """Render the env (an ``HxWx3`` uint8 array for ``rgb_array``, a str for ``ansi``)."""
+        return (await self._call([P.RENDER], "render()", 2))[1]
+
+    async def aclose(self) -> None:
+        """Close the env and stop the sandbox. Idempotent; safe after a failure."""
+        if self._state in (State.CLOSED, State.CREATED):
+            self._state = State.CLOSED
+            return
+        sandbox = self._sandbox
+        assert sandbox is not None and self._channel is not None
+        with anyio.CancelScope(shield=True):
+            if self._state is State.READY:
+                try:
+                    await self._channel.request(
+                        self._encoder.encode([P.CLOSE]), "close()", CLOSE_TIMEOUT
+                    )
+                except SandboxError:
+                    pass  # it is going away either way; stop() below makes sure
+            self._state = State.CLOSED
+            await anyio.to_thread.run_sync(sandbox.child.stop)
+            self._finalizer.detach()
+
+    async def __aenter__(self) -> AsyncSandboxEnv:
+        if self._state is State.CREATED:
+            await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        pid = f" pid={self.pid}" if self.pid else ""
+        return f"<AsyncSandboxEnv {self._spec.label!r} {self._state.value}{pid}>"

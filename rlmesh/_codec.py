@@ -1,0 +1,290 @@
+"""The safe value codec: Python and numpy values <-> bytes, with no code execution on decode.
+
+Everything the child sends to the host goes through this codec, so decoding must never run
+code named by the bytes (no pickle). The format is msgpack (a well-kept C codec, much faster
+than hand-written packing in Python) with a few extension types for what msgpack lacks:
+
+=====  ==============  ========================================================
+code   Python type     payload
+=====  ==============  ========================================================
+1      numpy.ndarray   u16 descr length, dtype descr, u8 ndim, u64 shape..., data
+2      numpy scalar    u16 descr length, dtype descr, data (one item)
+3      tuple           a msgpack array
+4      int > 64 bits   decimal ASCII
+5      set             a msgpack array
+6      frozenset       a msgpack array
+7      complex         two little-endian float64
+8      GraphInstance   a msgpack array of (nodes, edges, edge_links)
+9      anything else   (child to host only) a msgpack array (type name, repr): RemoteObject
+=====  ==============  ========================================================
+
+Types are preserved exactly: dtypes, tuple vs list, ``np.int64`` vs ``int``, ``np.float32``
+scalars. Decoded arrays are writable copies owned by the caller.
+
+Only the standard library, numpy and msgpack are imported here: the sandbox worker uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+__all__ = ["Decoder", "Encoder", "RemoteObject", "UnsafeValueError", "decode", "encode"]
+
+ND, SCALAR, TUPLE, BIGINT, SET, FROZENSET, COMPLEX, GRAPH, OPAQUE = range(1, 10)
+
+_ExtType = msgpack.ExtType
+_ndarray = np.ndarray
+_generic = np.generic
+_frombuffer = np.frombuffer
+_U16 = struct.Struct("<H")
+
+
+class UnsafeValueError(TypeError):
+    """A value has no safe encoding (and the encoder was told not to make it opaque)."""
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    """A value from the sandbox that has no safe encoding, kept as its type name and repr.
+
+    The host never rebuilds arbitrary objects from sandbox bytes; an ``info`` entry holding,
+    say, a custom class instance arrives as a ``RemoteObject`` instead.
+    """
+
+    type_name: str
+    repr: str
+
+
+def _dtype_descr(dtype: np.dtype[Any]) -> bytes:
+    if dtype.fields is None and dtype.subdtype is None:
+        if dtype.kind == "O":
+            raise UnsafeValueError("numpy arrays of dtype=object cannot cross the sandbox safely")
+        return dtype.str.encode()
+    if dtype.hasobject:
+        raise UnsafeValueError("numpy arrays holding Python objects cannot cross the sandbox")
+    return b"!" + json.dumps(np.lib.format.dtype_to_descr(dtype)).encode()
+
+
+def _as_descr_tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        if value and all(isinstance(item, list) for item in value):
+            return [tuple(_as_descr_tuples(v) for v in item) for item in value]
+        return tuple(_as_descr_tuples(v) for v in value)
+    return value
+
+
+def _parse_descr(raw: bytes) -> np.dtype[Any]:
+    if raw[:1] == b"!":
+        dtype = np.dtype(_as_descr_tuples(json.loads(raw[1:])))
+    else:
+        dtype = np.dtype(raw.decode())
+    if dtype.hasobject:
+        raise ValueError("object dtypes are not allowed")
+    return dtype
+
+
+class Encoder:
+    """Packs values into bytes. Not thread-safe: give each channel its own.
+
+    Args:
+        opaque: Encode values with no safe form as ``RemoteObject`` (child side) instead of
+            raising ``UnsafeValueError`` (host side).
+    """
+
+    def __init__(self, *, opaque: bool = False) -> None:
+        self._opaque = opaque
+        self._headers: dict[tuple[np.dtype[Any], tuple[int, ...]], bytes] = {}
+        self._packer = msgpack.Packer(default=self._default, strict_types=True, use_bin_type=True)
+
+    def encode(self, value: Any) -> bytes:
+        """Return the bytes of ``value``."""
+        try:
+            return self._packer.pack(value)  # type: ignore[no-any-return]
+        except OverflowError:
+            self._packer.reset()
+            return self._packer.pack(_widen_ints(value))  # type: ignore[no-any-return]
+        except BaseException:
+            self._packer.reset()
+            raise
+
+    def _nested(self, items: Any) -> bytes:
+        values = list(items)
+        try:
+            packed = msgpack.packb(
+                values, default=self._default, strict_types=True, use_bin_type=True
+            )
+        except OverflowError:
+            packed = msgpack.packb(
+                _widen_ints(values), default=self._default, strict_types=True, use_bin_type=True
+            )
+        return packed  # type: ignore[no-any-return]
+
+    def _default(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is _ndarray:
+            key = (obj.dtype, obj.shape)
+            header = self._headers.get(key)
+            if header is None:
+                descr = _dtype_descr(obj.dtype)
+                header = (
+                    _U16.pack(len(descr))
+                    + descr
+                    + bytes([obj.ndim])
+                    + struct.pack(f"<{obj.ndim}Q", *obj.shape)
+                )
+                if len(self._headers) < 256:
+                    self._headers[key] = header
+            return _ExtType(ND, header + obj.tobytes())
+        if isinstance(obj, _generic):
+            descr = _dtype_descr(obj.dtype)
+            return _ExtType(SCALAR, _U16.pack(len(descr)) + descr + obj.tobytes())
+        if isinstance(obj, tuple):
+            if kind.__name__ == "GraphInstance" and getattr(kind, "_fields", None) == (
+                "nodes",
+                "edges",
+                "edge_links",
+            ):
+                return _ExtType(GRAPH, self._nested(obj))
+            return _ExtType(TUPLE, self._nested(obj))
+        if isinstance(obj, bool):
+            return bool(obj)
+        if isinstance(obj, int):
+            return int(obj)
+        if isinstance(obj, float):
+            return float(obj)
+        if isinstance(obj, str):
+            return str(obj)
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            return bytes(obj)
+        if isinstance(obj, dict):
+            return dict(obj)
+        if isinstance(obj, list):
+            return list(obj)
+        if isinstance(obj, _ndarray):  # an ndarray subclass: keep the data, drop the subclass
+            return self._default(np.asarray(obj))
+        if isinstance(obj, frozenset):
+            return _ExtType(FROZENSET, self._nested(obj))
+        if isinstance(obj, set):
+            return _ExtType(SET, self._nested(obj))
+        if isinstance(obj, complex):
+            return _ExtType(COMPLEX, struct.pack("<2d", obj.real, obj.imag))
+        if self._opaque:
+            return _ExtType(OPAQUE, self._nested((_type_name(obj), _safe_repr(obj))))
+        raise UnsafeValueError(
+            f"a value of type {_type_name(obj)} cannot cross the sandbox safely; use numpy "
+            "arrays, numbers, str, bytes, None and dict/list/tuple of them"
+        )
+
+
+def _type_name(obj: Any) -> str:
+    kind = type(obj)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _safe_repr(obj: Any) -> str:
+    try:
+        text = repr(obj)
+    except Exception as exc:  # a broken __repr__ must not break the sandbox
+        text = f"<unrepresentable {_type_name(obj)}: {exc!r}>"
+    return text[:1000]
+
+
+def _widen_ints(value: Any) -> Any:
+    """Replace ints outside msgpack's 64-bit range, so they travel as BIGINT (slow path)."""
+    if type(value) is int:
+        if -(2**63) <= value < 2**64:
+            return value
+        return _ExtType(BIGINT, str(value).encode())
+    if type(value) is list:
+        return [_widen_ints(v) for v in value]
+    if type(value) is dict:
+        return {_widen_ints(k): _widen_ints(v) for k, v in value.items()}
+    if type(value) is tuple:
+        return tuple(_widen_ints(v) for v in value)
+    return value
+
+
+def _nested_list(data: bytes) -> list[Any]:
+    value = msgpack.unpackb(data, ext_hook=_ext_hook, strict_map_key=False, raw=False)
+    if type(value) is not list:
+        raise ValueError("extension payload is not an array")
+    return value
+
+
+_dtype_cache: dict[bytes, tuple[np.dtype[Any], tuple[int, ...], int]] = {}
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == ND:
+        (n,) = _U16.unpack_from(data)
+        ndim = data[2 + n]
+        offset = 3 + n + 8 * ndim
+        head = data[:offset]
+        parsed = _dtype_cache.get(head)
+        if parsed is None:
+            dtype = _parse_descr(data[2 : 2 + n])
+            shape = struct.unpack_from(f"<{ndim}Q", data, 3 + n)
+            size = dtype.itemsize
+            for dim in shape:
+                size *= dim
+            parsed = (dtype, shape, size)
+            if len(_dtype_cache) < 1024:
+                _dtype_cache[head] = parsed
+        dtype, shape, size = parsed
+        if len(data) - offset != size:
+            raise ValueError("array payload size does not match its shape")
+        if size == 0:
+            return np.zeros(shape, dtype)
+        return _frombuffer(data, dtype, offset=offset).reshape(shape).copy()
+    if code == SCALAR:
+        (n,) = _U16.unpack_from(data)
+        dtype = _parse_descr(data[2 : 2 + n])
+        if len(data) - 2 - n != dtype.itemsize:
+            raise ValueError("scalar payload size does not match its dtype")
+        return _frombuffer(data, dtype, count=1, offset=2 + n)[0]
+    if code == TUPLE:
+        return tuple(_nested_list(data))
+    if code == BIGINT:
+        return int(data.decode("ascii"))
+    if code == SET:
+        return set(_nested_list(data))
+    if code == FROZENSET:
+        return frozenset(_nested_list(data))
+    if code == COMPLEX:
+        real, imag = struct.unpack("<2d", data)
+        return complex(real, imag)
+    if code == GRAPH:
+        from gymnasium.spaces import GraphInstance
+
+        nodes, edges, links = _nested_list(data)
+        return GraphInstance(nodes, edges, links)
+    if code == OPAQUE:
+        type_name, text = _nested_list(data)
+        return RemoteObject(str(type_name), str(text))
+    raise ValueError(f"unknown extension type {code}")
+
+
+class Decoder:
+    """Unpacks bytes made by ``Encoder``; raises ``ValueError`` (or a subclass) on bad input."""
+
+    __slots__ = ()
+
+    def decode(self, data: bytes | memoryview) -> Any:
+        """Return the value encoded in ``data``."""
+        return msgpack.unpackb(data, ext_hook=_ext_hook, strict_map_key=False, raw=False)
+
+
+def encode(value: Any) -> bytes:
+    """Encode one value (host-side strictness). Convenience for tests and tools."""
+    return Encoder().encode(value)
+
+
+def decode(data: bytes | memoryview) -> Any:
+    """Decode one value made by ``encode``."""
+    return Decoder().decode(data)

@@ -1,0 +1,234 @@
+"""The shared core of both faces: start a sandbox, describe it, and shape its messages.
+
+``start_sandbox`` is the one startup path (async; the sync face calls it through the shared
+blocking portal): pick the backend, build or reuse the environment, start the worker, check
+the handshake, make the env and rebuild its spaces on the host. What comes back is a
+``Sandbox``: the child process, its frame reader and what the host knows about the env.
+Per-call work (encode a request, check the reply) is plain functions shared by both faces.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import numpy as np
+from gymnasium import spaces
+from gymnasium.envs.registration import EnvSpec
+
+from . import _protocol as P
+from ._errors import (
+    ProtocolError,
+    RemoteEnvError,
+    SandboxClosedError,
+    SandboxCrashedError,
+    SandboxError,
+    SandboxStartupError,
+    SandboxTimeoutError,
+)
+from ._process import ChildProcess, spawn_worker
+from ._spaces import space_from_data
+from ._spec import GymSource, SandboxSpec
+from ._transport import AsyncChannel
+from ._venv import ensure_venv
+from ._version import __version__
+
+__all__ = ["Sandbox", "State", "action_checker", "host_env_spec", "start_sandbox"]
+
+CLOSE_TIMEOUT = 10.0  # how long env.close() in the sandbox may take before we stop it
+
+
+class State(enum.Enum):
+    """Lifecycle of a sandbox env."""
+
+    CREATED = "created"  # options checked, nothing started
+    READY = "ready"
+    CLOSED = "closed"
+    BROKEN = "broken"  # the child died, timed out or spoke nonsense; only close() is left
+
+
+@dataclass
+class Sandbox:
+    """A started sandbox and what the host knows about its environment."""
+
+    spec: SandboxSpec
+    child: ChildProcess
+    reader: P.FrameReader
+    versions: dict[str, Any]
+    observation_space: Any
+    action_space: Any
+    metadata: dict[str, Any]
+    render_mode: str | None
+    env_spec: dict[str, Any] | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _child_env(venv_path: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["VIRTUAL_ENV"] = venv_path
+    env["PATH"] = os.pathsep.join([os.path.join(venv_path, "bin"), env.get("PATH", "")])
+    env.pop("PYTHONHOME", None)
+    return env
+
+
+def _make_request(spec: SandboxSpec) -> list[Any]:
+    return [
+        P.MAKE,
+        {
+            "source": spec.source.worker_request(),
+            "imports": list(spec.imports),
+            "render_mode": spec.render_mode,
+            "kwargs": dict(spec.make_kwargs),
+        },
+    ]
+
+
+async def start_sandbox(spec: SandboxSpec) -> Sandbox:
+    """Build (or reuse) the sandbox for ``spec``, start its worker and make the env.
+
+    Bounded by ``spec.startup_timeout`` in all; on any failure the child is stopped.
+    """
+    if spec.base_image is not None:
+        raise NotImplementedError(
+            "the Docker backend (base_image=...) is not available yet; leave base_image unset "
+            "to run the environment in a uv virtualenv"
+        )
+    if not isinstance(spec.source, GymSource):
+        raise NotImplementedError(
+            f"{spec.label!r}: Hugging Face EnvHub sources are not supported yet; use a "
+            "Gymnasium id"
+        )
+    child: ChildProcess | None = None
+    try:
+        with anyio.fail_after(spec.startup_timeout):
+            venv = await ensure_venv(spec)
+            child = await anyio.to_thread.run_sync(
+                lambda: spawn_worker(venv.python, label=spec.label, env=_child_env(str(venv.path)))
+            )
+            return await _handshake(spec, child)
+    except TimeoutError:
+        if child is not None:
+            child.kill()
+        raise SandboxTimeoutError(
+            f"the sandbox for {spec.label!r} was not ready within startup_timeout="
+            f"{spec.startup_timeout:g} s (this includes building its virtualenv)"
+        ) from None
+    except BaseException:
+        if child is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(child.stop, 1.0)
+        raise
+
+
+async def _handshake(spec: SandboxSpec, child: ChildProcess) -> Sandbox:
+    reader = P.FrameReader()
+    channel = AsyncChannel(child, reader)
+
+    def failed(message: str) -> SandboxStartupError:
+        return SandboxStartupError(
+            f"the sandbox for {spec.label!r} (pid {child.pid}) failed to start: {message}",
+            source=spec.label,
+            pid=child.pid,
+            stderr_tail=child.output_tail(),
+        )
+
+    try:
+        hello = P.check_hello(await channel.receive_unprompted("startup"))
+        mismatch = P.version_mismatch(hello, host_rlmesh=__version__)
+        if mismatch:
+            raise failed(mismatch)
+        encoder = P.RequestEncoder()
+        reply = await channel.request(encoder.encode(_make_request(spec)), "make")
+        if reply[0] != P.OK or len(reply) != 2 or not isinstance(reply[1], dict):
+            P.raise_for_reply(reply, 2)
+        info = reply[1]
+        return Sandbox(
+            spec=spec,
+            child=child,
+            reader=reader,
+            versions=hello,
+            observation_space=space_from_data(info["observation_space"]),
+            action_space=space_from_data(info["action_space"]),
+            metadata=dict(info.get("metadata") or {}),
+            render_mode=info.get("render_mode"),
+            env_spec=info.get("spec"),
+        )
+    except RemoteEnvError as exc:
+        raise failed(f"{exc.remote_type}: {exc.remote_message}\n{exc.remote_traceback}") from None
+    except SandboxCrashedError as exc:
+        raise failed(f"the worker exited ({exc.exit_code}) before it was ready") from None
+    except (ProtocolError, KeyError, TypeError, ValueError) as exc:
+        raise failed(f"bad startup reply: {exc}") from None
+
+
+def host_env_spec(sandbox: Sandbox, factory_kwargs: dict[str, Any]) -> EnvSpec | None:
+    """An ``EnvSpec`` whose ``make()`` builds another sandbox like this one."""
+    data = sandbox.env_spec or {}
+    env_id = data.get("id") or "RLMeshSandbox-v0"
+    try:
+        return EnvSpec(
+            id=env_id,
+            entry_point="rlmesh.numpy:SandboxEnv",
+            reward_threshold=data.get("reward_threshold"),
+            nondeterministic=bool(data.get("nondeterministic", False)),
+            max_episode_steps=data.get("max_episode_steps"),
+            order_enforce=True,
+            disable_env_checker=True,
+            kwargs=factory_kwargs,
+        )
+    except Exception:  # an id our gymnasium rejects: the spec is informative only
+        return None
+
+
+def action_checker(space: Any) -> Any:
+    """A fast ``contains`` for the action space (Discrete is checked on every step)."""
+    if type(space) is spaces.Discrete:
+        start, stop = int(space.start), int(space.start + space.n)
+        integer = np.integer
+
+        def contains_discrete(action: Any) -> bool:
+            if type(action) is int or isinstance(action, integer):
+                return bool(start <= action < stop)
+            return bool(space.contains(action))
+
+        return contains_discrete
+    return space.contains
+
+
+def bad_action(sandbox: Sandbox, action: Any) -> ValueError:
+    """The error for an action outside the action space."""
+    text = repr(action)
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return ValueError(
+        f"action {text} (type {type(action).__name__}) is not in the action space "
+        f"{sandbox.action_space} of {sandbox.spec.label!r}; env.action_space.sample() gives a "
+        "valid one"
+    )
+
+
+def closed_error(label: str, state: State, reason: str | None) -> SandboxClosedError:
+    """The error for a call on a sandbox that is not ready."""
+    if state is State.CREATED:
+        return SandboxClosedError(
+            f"the sandbox for {label!r} is not started; use 'await AsyncSandboxEnv.create(...)' "
+            "or 'async with AsyncSandboxEnv(...) as env'"
+        )
+    why = f": {reason}" if reason else ""
+    return SandboxClosedError(f"the sandbox for {label!r} is {state.value}{why}")
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """Whether an error leaves the sandbox unusable (the env's own errors do not)."""
+    return isinstance(exc, SandboxError) and not isinstance(exc, RemoteEnvError)
+
+
+def reply_values(message: list[Any], length: int) -> list[Any]:
+    """Check an OK reply of ``length`` items (kind included) or raise what it stands for."""
+    if message[0] == P.OK and len(message) == length:
+        return message
+    P.raise_for_reply(message, length)
+    raise AssertionError("unreachable")

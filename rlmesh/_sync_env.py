@@ -1,0 +1,191 @@
+"""``SandboxEnv``: a real ``gymnasium.Env`` over the same core as ``AsyncSandboxEnv``.
+
+Startup and shutdown of the sandbox run through the shared blocking portal (``_portal``);
+``reset``/``step``/``render`` talk to the child with blocking pipe I/O directly, because a
+portal hop per call would cost more than the sandboxed step itself.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import gymnasium as gym
+
+from . import _protocol as P
+from ._errors import SandboxError
+from ._portal import portal_call
+from ._sandbox import (
+    CLOSE_TIMEOUT,
+    Sandbox,
+    State,
+    action_checker,
+    bad_action,
+    closed_error,
+    host_env_spec,
+    is_fatal,
+    reply_values,
+    start_sandbox,
+)
+from ._spaces import OpaqueSpace
+from ._spec import DEFAULT_STARTUP_TIMEOUT, make_spec
+from ._transport import BlockingChannel
+
+__all__ = ["SandboxEnv"]
+
+
+class SandboxEnv(gym.Env[Any, Any]):
+    """A Gymnasium environment running in its own sandbox process.
+
+    A real ``gymnasium.Env``: use it with wrappers, ``check_env`` and training code as usual.
+    The constructor builds (or reuses) the sandbox and makes the env; ``close()`` stops it.
+    Safe to call from several threads (calls are serialised).
+
+    Takes the same arguments as ``AsyncSandboxEnv``; see there.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        packages: list[str] | tuple[str, ...] = (),
+        imports: list[str] | tuple[str, ...] = (),
+        render_mode: str | None = None,
+        base_image: str | None = None,
+        rlmesh_package: str | None = None,
+        trust_remote_code: bool = False,
+        allow_unpinned_hf: bool = False,
+        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+        call_timeout: float | None = None,
+        **gym_make_kwargs: Any,
+    ) -> None:
+        self._state = State.CREATED
+        spec = make_spec(
+            source,
+            packages=packages,
+            imports=imports,
+            render_mode=render_mode,
+            base_image=base_image,
+            rlmesh_package=rlmesh_package,
+            trust_remote_code=trust_remote_code,
+            allow_unpinned_hf=allow_unpinned_hf,
+            startup_timeout=startup_timeout,
+            call_timeout=call_timeout,
+            make_kwargs=gym_make_kwargs,
+        )
+        self._label = spec.label
+        self._reason: str | None = None
+        sandbox: Sandbox = portal_call(start_sandbox, spec)
+        self._sandbox = sandbox
+        self._channel = BlockingChannel(sandbox.child, sandbox.reader)
+        self._finalizer = weakref.finalize(self, sandbox.child.abandon)
+        self._encode = P.RequestEncoder().encode
+        self._timeout = spec.call_timeout
+        self._contains = action_checker(sandbox.action_space)
+        self.observation_space = sandbox.observation_space
+        self.action_space = sandbox.action_space
+        self.metadata = sandbox.metadata
+        self.render_mode = sandbox.render_mode
+        self.spec = host_env_spec(
+            sandbox,
+            dict(
+                source=source, packages=list(packages), imports=list(imports),
+                base_image=base_image, rlmesh_package=rlmesh_package,
+                trust_remote_code=trust_remote_code, allow_unpinned_hf=allow_unpinned_hf,
+                startup_timeout=startup_timeout, call_timeout=call_timeout, **gym_make_kwargs,
+            ),
+        )  # fmt: skip
+        self._wire_opaque(self.action_space, "action")
+        self._wire_opaque(self.observation_space, "observation")
+        self._state = State.READY
+
+    def _wire_opaque(self, space: Any, which: str) -> None:
+        if not isinstance(space, OpaqueSpace):
+            return
+        ref = weakref.ref(self)
+
+        def sample() -> Any:
+            env = ref()
+            if env is None:
+                raise SandboxError("the sandbox env of this space is gone")
+            return env._call([P.SPACE_SAMPLE, which], f"{which}_space.sample()", 2)[1]
+
+        def contains(value: Any) -> bool:
+            env = ref()
+            if env is None:
+                raise SandboxError("the sandbox env of this space is gone")
+            reply = env._call([P.SPACE_CONTAINS, which, value], f"{which}_space.contains()", 2)
+            return bool(reply[1])
+
+        space.remote_sample = sample
+        space.remote_contains = contains
+
+    @property
+    def state(self) -> State:
+        """``ready``, ``closed`` or ``broken``."""
+        return self._state
+
+    @property
+    def pid(self) -> int:
+        """The sandbox process id."""
+        return self._sandbox.child.pid
+
+    @property
+    def sandbox_versions(self) -> dict[str, Any]:
+        """Versions the sandbox reported in its handshake (rlmesh, python, gymnasium, numpy)."""
+        return dict(self._sandbox.versions)
+
+    def _call(self, message: list[Any], what: str, length: int) -> list[Any]:
+        if self._state is not State.READY:
+            raise closed_error(self._label, self._state, self._reason)
+        try:
+            return reply_values(
+                self._channel.request(self._encode(message), what, self._timeout), length
+            )
+        except SandboxError as exc:
+            if is_fatal(exc):
+                self._state = State.BROKEN
+                self._reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+                self._sandbox.child.abandon()
+            raise
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Reset the env in the sandbox; returns ``(observation, info)``."""
+        super().reset(seed=seed)
+        reply = self._call([P.RESET, seed, options], "reset()", 3)
+        return reply[1], reply[2]
+
+    def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """Step the env in the sandbox; returns the usual 5-tuple.
+
+        Raises:
+            ValueError: ``action`` is not in ``action_space`` (nothing is sent).
+        """
+        if not self._contains(action):
+            raise bad_action(self._sandbox, action)
+        reply = self._call([P.STEP, action], "step()", 6)
+        return reply[1], reply[2], reply[3], reply[4], reply[5]
+
+    def render(self) -> Any:
+        """Render in the sandbox (``rgb_array``: HxWx3 uint8 array; ``ansi``: str)."""
+        return self._call([P.RENDER], "render()", 2)[1]
+
+    def close(self) -> None:
+        """Close the env and stop the sandbox. Idempotent; safe after a failure."""
+        state = getattr(self, "_state", State.CLOSED)
+        if state in (State.CLOSED, State.CREATED):
+            self._state = State.CLOSED
+            return
+        if state is State.READY:
+            try:
+                self._channel.request(self._encode([P.CLOSE]), "close()", CLOSE_TIMEOUT)
+            except SandboxError:
+                pass  # it is going away either way; stop() below makes sure
+        self._state = State.CLOSED
+        self._sandbox.child.stop()
+        self._finalizer.detach()
+
+    def __repr__(self) -> str:
+        return f"<SandboxEnv {self._label!r} {self._state.value} pid={self._sandbox.child.pid}>"

@@ -1,0 +1,176 @@
+"""Two drivers of one protocol: blocking pipe I/O (sync face) and anyio waits (async face).
+
+They differ only in how they wait. Framing, decoding and reply checks are ``_protocol``'s.
+Each channel allows one request in flight (a lock serialises callers) and remembers a request
+whose reply was never read (the caller was cancelled or interrupted): the next request first
+drains that reply, so the stream never goes out of step.
+
+A channel turns end-of-file into ``SandboxCrashedError`` (with exit status and output tail)
+and an expired ``timeout`` into ``SandboxTimeoutError`` after killing the child.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import select
+import threading
+import time
+from typing import Any
+
+import anyio
+
+from . import _protocol as P
+from ._errors import SandboxTimeoutError
+from ._process import ChildProcess
+
+__all__ = ["AsyncChannel", "BlockingChannel"]
+
+MIN_READ = 1 << 16  # small reads stay cheap: os.read allocates the whole size up front
+MAX_READ = 1 << 20
+
+
+def _timeout_error(child: ChildProcess, what: str, timeout: float) -> SandboxTimeoutError:
+    child.kill()
+    return SandboxTimeoutError(
+        f"the sandbox for {child.label!r} (pid {child.pid}) did not answer {what} within "
+        f"{timeout:g} s; it was stopped (raise call_timeout if the env is just slow)"
+    )
+
+
+class _Base:
+    def __init__(self, child: ChildProcess, reader: P.FrameReader) -> None:
+        self.child = child
+        self._reader = reader
+        self._ready: list[bytes] = []
+        self._unanswered = 0  # requests sent whose replies were never read
+
+    def _frame(self, payload: bytes) -> bytes:
+        return P.frame_header(len(payload)) + payload
+
+    def _next_payload(self) -> bytes | None:
+        ready = self._ready
+        return ready.pop(0) if ready else None
+
+    def _read_size(self) -> int:
+        return min(MAX_READ, max(MIN_READ, self._reader.wanted()))
+
+    def _absorb(self, data: bytes) -> None:
+        self._ready.extend(self._reader.feed(data))
+
+
+class BlockingChannel(_Base):
+    """Request/reply over the child's pipes with blocking reads; for the sync face."""
+
+    def __init__(self, child: ChildProcess, reader: P.FrameReader) -> None:
+        super().__init__(child, reader)
+        os.set_blocking(child.from_child, True)
+        os.set_blocking(child.to_child, True)
+        self._lock = threading.Lock()
+        self._poll = select.poll()
+        self._poll.register(child.from_child, select.POLLIN)
+
+    def request(self, payload: bytes, what: str, timeout: float | None = None) -> list[Any]:
+        """Send one request payload and return the decoded reply message."""
+        with self._lock:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while self._unanswered:
+                self._receive(what, deadline, timeout)
+                self._unanswered -= 1
+            self._send(self._frame(payload), what)
+            self._unanswered += 1
+            message = self._receive(what, deadline, timeout)
+            self._unanswered -= 1
+            return message
+
+    def _send(self, data: bytes, what: str) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.child.to_child, view) :]
+        except (BrokenPipeError, OSError):
+            raise self.child.crashed_error(what) from None
+
+    def _receive(self, what: str, deadline: float | None, timeout: float | None) -> list[Any]:
+        fd = self.child.from_child
+        while True:
+            payload = self._next_payload()
+            if payload is not None:
+                return P.decode_message(payload)
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._poll.poll(math.ceil(left * 1000)):
+                    raise _timeout_error(self.child, what, timeout or 0.0)
+            try:
+                data = os.read(fd, self._read_size())
+            except InterruptedError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                raise self.child.crashed_error(what)
+            self._absorb(data)
+
+
+class AsyncChannel(_Base):
+    """Request/reply over the child's pipes with anyio readiness waits; for the async face."""
+
+    def __init__(self, child: ChildProcess, reader: P.FrameReader) -> None:
+        super().__init__(child, reader)
+        os.set_blocking(child.from_child, False)
+        os.set_blocking(child.to_child, False)
+        self._lock = anyio.Lock()
+
+    async def request(self, payload: bytes, what: str, timeout: float | None = None) -> list[Any]:
+        """Send one request payload and return the decoded reply message."""
+        async with self._lock:
+            if timeout is None:
+                return await self._exchange(payload, what)
+            try:
+                with anyio.fail_after(timeout):
+                    return await self._exchange(payload, what)
+            except TimeoutError:
+                raise _timeout_error(self.child, what, timeout) from None
+
+    async def receive_unprompted(self, what: str) -> list[Any]:
+        """Wait for a message the child sends on its own (the HELLO)."""
+        async with self._lock:
+            return await self._receive(what)
+
+    async def _exchange(self, payload: bytes, what: str) -> list[Any]:
+        while self._unanswered:
+            await self._receive(what)
+            self._unanswered -= 1
+        await self._send(self._frame(payload), what)
+        self._unanswered += 1
+        message = await self._receive(what)
+        self._unanswered -= 1
+        return message
+
+    async def _send(self, data: bytes, what: str) -> None:
+        fd = self.child.to_child
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                await anyio.wait_writable(fd)
+            except OSError:
+                raise self.child.crashed_error(what) from None
+
+    async def _receive(self, what: str) -> list[Any]:
+        fd = self.child.from_child
+        while True:
+            payload = self._next_payload()
+            if payload is not None:
+                return P.decode_message(payload)
+            await anyio.wait_readable(fd)
+            try:
+                data = os.read(fd, self._read_size())
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                raise await anyio.to_thread.run_sync(self.child.crashed_error, what)
+            self._absorb(data)

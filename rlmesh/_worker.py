@@ -1,0 +1,246 @@
+"""The sandbox side: ``python -m rlmesh._worker`` serves one environment over the protocol.
+
+Run by the host inside the sandbox's virtualenv. It imports only the standard library, numpy,
+gymnasium, msgpack, cloudpickle (to read what the host pickled) and rlmesh's pure modules, so
+installing rlmesh into a sandbox brings none of the host-side dependencies.
+
+Two ways to get the protocol streams:
+
+- ``--fds R W``: dedicated pipe fds passed by the host (the venv backend). The child's own
+  stdout and stderr are separate pipes that env code may flood or print to freely.
+- ``--stdio``: stdin/stdout carry the protocol (for backends that forward only stdio, such as
+  containers). The worker moves them to private fds at once and points fd 1 at stderr, so
+  env code that prints cannot reach the protocol stream.
+
+``Worker.serve`` is a loop over two callables (read and write), so tests can also run it
+in-process over a socket pair.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from . import _protocol as P
+from ._codec import Decoder, Encoder
+from ._spaces import space_to_data
+from ._version import __version__
+
+__all__ = ["Worker", "main"]
+
+_SPEC_FIELDS = (
+    "id",
+    "reward_threshold",
+    "nondeterministic",
+    "max_episode_steps",
+    "order_enforce",
+    "disable_env_checker",
+)
+
+
+def _versions() -> dict[str, Any]:
+    import gymnasium
+    import msgpack
+    import numpy
+
+    return {
+        "protocol": P.PROTOCOL_VERSION,
+        "rlmesh": __version__,
+        "python": platform.python_version(),
+        "gymnasium": gymnasium.__version__,
+        "numpy": numpy.__version__,
+        "msgpack": ".".join(str(part) for part in msgpack.version),
+        "pid": os.getpid(),
+        "executable": sys.executable,
+    }
+
+
+def _spec_data(env: Any) -> dict[str, Any] | None:
+    spec = getattr(env, "spec", None)
+    if spec is None:
+        return None
+    data = {name: getattr(spec, name, None) for name in _SPEC_FIELDS}
+    entry = getattr(spec, "entry_point", None)
+    data["entry_point"] = entry if isinstance(entry, str) or entry is None else repr(entry)
+    return data
+
+
+class Worker:
+    """Serves one environment. ``read(n)`` returns up to n bytes (b'' at EOF)."""
+
+    def __init__(self, read: Callable[[int], bytes], write: Callable[[bytes], None]) -> None:
+        self._read = read
+        self._write = write
+        self._encoder = Encoder(opaque=True)
+        self._decoder = Decoder()
+        self.env: Any = None
+        self._handlers: dict[int, Callable[..., list[Any]]] = {
+            P.MAKE: self._make,
+            P.RESET: self._reset,
+            P.STEP: self._step,
+            P.RENDER: self._render,
+            P.CLOSE: self._close,
+            P.SPACE_SAMPLE: self._sample,
+            P.SPACE_CONTAINS: self._contains,
+        }
+        self._closing = False
+
+    def _send(self, message: list[Any]) -> None:
+        payload = self._encoder.encode(message)
+        self._write(P.frame_header(len(payload)) + payload)
+
+    def serve(self) -> None:
+        """Say HELLO, then answer requests until CLOSE or the host goes away."""
+        self._write(P.MAGIC)
+        self._send([P.HELLO, _versions()])
+        reader = P.FrameReader(expect_magic=False)
+        read, decode, handle = self._read, self._decoder.decode, self._handle
+        while not self._closing:
+            data = read(1 << 16)
+            if not data:
+                break  # the host closed the pipe: it is gone or done with us
+            for payload in reader.feed(data):
+                self._send(handle(decode(payload)))
+        if self.env is not None and not self._closing:
+            self._close_env()
+
+    def _handle(self, message: list[Any]) -> list[Any]:
+        try:
+            kind = message[0]
+            if kind == P.PICKLED:
+                import cloudpickle  # host -> child only: the child may unpickle host bytes
+
+                message = cloudpickle.loads(message[1])
+                kind = message[0]
+            return self._handlers[kind](*message[1:])
+        except Exception as exc:
+            return [
+                P.ERROR,
+                f"{type(exc).__module__}.{type(exc).__qualname__}",
+                str(exc),
+                traceback.format_exc(),
+            ]
+
+    def _make(self, request: dict[str, Any]) -> list[Any]:
+        for name in request.get("imports", ()):
+            importlib.import_module(name)
+        source = request["source"]
+        kwargs = dict(request.get("kwargs") or {})
+        if request.get("render_mode") is not None:
+            kwargs["render_mode"] = request["render_mode"]
+        if source["kind"] != "gym":
+            raise NotImplementedError(f"sources of kind {source['kind']!r} are not supported")
+        import gymnasium
+
+        self.env = gymnasium.make(source["id"], **kwargs)
+        env = self.env
+        return [
+            P.OK,
+            {
+                "observation_space": space_to_data(env.observation_space),
+                "action_space": space_to_data(env.action_space),
+                "metadata": dict(getattr(env, "metadata", {}) or {}),
+                "render_mode": getattr(env, "render_mode", None),
+                "spec": _spec_data(env),
+            },
+        ]
+
+    def _reset(self, seed: Any, options: Any) -> list[Any]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        return [P.OK, obs, info]
+
+    def _step(self, action: Any) -> list[Any]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return [P.OK, obs, reward, terminated, truncated, info]
+
+    def _render(self) -> list[Any]:
+        return [P.OK, self.env.render()]
+
+    def _space(self, which: str) -> Any:
+        if which not in ("action", "observation"):
+            raise ValueError(f"unknown space {which!r}")
+        return getattr(self.env, f"{which}_space")
+
+    def _sample(self, which: str) -> list[Any]:
+        return [P.OK, self._space(which).sample()]
+
+    def _contains(self, which: str, value: Any) -> list[Any]:
+        return [P.OK, bool(self._space(which).contains(value))]
+
+    def _close(self) -> list[Any]:
+        self._closing = True
+        self._close_env()
+        return [P.OK]
+
+    def _close_env(self) -> None:
+        env, self.env = self.env, None
+        if env is not None:
+            env.close()
+
+
+def _fd_reader(fd: int) -> Callable[[int], bytes]:
+    def read(size: int) -> bytes:
+        while True:
+            try:
+                return os.read(fd, size)
+            except InterruptedError:
+                continue
+
+    return read
+
+
+def _fd_writer(fd: int) -> Callable[[bytes], None]:
+    def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    return write
+
+
+def _close_quietly(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the sandbox process."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--stdio"]:
+        rfd, wfd = os.dup(0), os.dup(1)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.dup2(2, 1)
+    elif len(args) == 3 and args[0] == "--fds":
+        rfd, wfd = int(args[1]), int(args[2])
+    else:
+        print("usage: python -m rlmesh._worker (--fds READ_FD WRITE_FD | --stdio)", file=sys.stderr)
+        return 2
+    os.set_inheritable(rfd, False)
+    os.set_inheritable(wfd, False)
+    # A child the env forks must not hold our protocol pipes open: the host detects our death
+    # by end-of-file, which a lingering copy of the write end would delay forever.
+    os.register_at_fork(after_in_child=lambda: _close_quietly(rfd, wfd))
+    # The host drives us; a Ctrl-C at the terminal is the host's to handle.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+    try:
+        Worker(_fd_reader(rfd), _fd_writer(wfd)).serve()
+    except BrokenPipeError:
+        return 0  # the host went away mid-reply
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
