@@ -7,7 +7,8 @@ than hand-written packing in Python) with a few extension types for what msgpack
 =====  ==============  ========================================================
 code   Python type     payload
 =====  ==============  ========================================================
-1      numpy.ndarray   u16 descr length, dtype descr, u8 ndim, u64 shape..., data
+1      numpy.ndarray   u16 header length, u16 descr length, descr, u8 ndim,
+                       u64 shape..., then the data (C order)
 2      numpy scalar    u16 descr length, dtype descr, data (one item)
 3      tuple           a msgpack array
 4      int > 64 bits   decimal ASCII
@@ -39,6 +40,14 @@ __all__ = ["Decoder", "Encoder", "RemoteObject", "UnsafeValueError", "decode", "
 ND, SCALAR, TUPLE, BIGINT, SET, FROZENSET, COMPLEX, GRAPH, OPAQUE = range(1, 10)
 
 _ExtType = msgpack.ExtType
+_tuple_new = tuple.__new__
+
+
+def _ext(code: int, data: bytes) -> Any:
+    """An ExtType without its Python-level argument checks (3x cheaper; ours are valid)."""
+    return _tuple_new(_ExtType, (code, data))
+
+
 _ndarray = np.ndarray
 _generic = np.generic
 _frombuffer = np.frombuffer
@@ -99,7 +108,9 @@ class Encoder:
 
     def __init__(self, *, opaque: bool = False) -> None:
         self._opaque = opaque
-        self._headers: dict[tuple[np.dtype[Any], tuple[int, ...]], bytes] = {}
+        # (id(dtype), shape) -> (dtype, header): ids are cheap to hash, the dtype check
+        # guards against a reused id.
+        self._headers: dict[tuple[int, tuple[int, ...]], tuple[Any, bytes]] = {}
         self._packer = msgpack.Packer(default=self._default, strict_types=True, use_bin_type=True)
 
     def encode(self, value: Any) -> bytes:
@@ -128,30 +139,24 @@ class Encoder:
     def _default(self, obj: Any) -> Any:
         kind = type(obj)
         if kind is _ndarray:
-            key = (obj.dtype, obj.shape)
-            header = self._headers.get(key)
-            if header is None:
-                descr = _dtype_descr(obj.dtype)
-                header = (
-                    _U16.pack(len(descr))
-                    + descr
-                    + bytes([obj.ndim])
-                    + struct.pack(f"<{obj.ndim}Q", *obj.shape)
-                )
+            dtype = obj.dtype
+            cached = self._headers.get((id(dtype), obj.shape))
+            if cached is None or cached[0] is not dtype:
+                cached = (dtype, _nd_header(obj))
                 if len(self._headers) < 256:
-                    self._headers[key] = header
-            return _ExtType(ND, header + obj.tobytes())
+                    self._headers[(id(dtype), obj.shape)] = cached
+            return _ext(ND, cached[1] + obj.tobytes())
         if isinstance(obj, _generic):
             descr = _dtype_descr(obj.dtype)
-            return _ExtType(SCALAR, _U16.pack(len(descr)) + descr + obj.tobytes())
+            return _ext(SCALAR, _U16.pack(len(descr)) + descr + obj.tobytes())
         if isinstance(obj, tuple):
             if kind.__name__ == "GraphInstance" and getattr(kind, "_fields", None) == (
                 "nodes",
                 "edges",
                 "edge_links",
             ):
-                return _ExtType(GRAPH, self._nested(obj))
-            return _ExtType(TUPLE, self._nested(obj))
+                return _ext(GRAPH, self._nested(obj))
+            return _ext(TUPLE, self._nested(obj))
         if isinstance(obj, bool):
             return bool(obj)
         if isinstance(obj, int):
@@ -169,17 +174,29 @@ class Encoder:
         if isinstance(obj, _ndarray):  # an ndarray subclass: keep the data, drop the subclass
             return self._default(np.asarray(obj))
         if isinstance(obj, frozenset):
-            return _ExtType(FROZENSET, self._nested(obj))
+            return _ext(FROZENSET, self._nested(obj))
         if isinstance(obj, set):
-            return _ExtType(SET, self._nested(obj))
+            return _ext(SET, self._nested(obj))
         if isinstance(obj, complex):
-            return _ExtType(COMPLEX, struct.pack("<2d", obj.real, obj.imag))
+            return _ext(COMPLEX, struct.pack("<2d", obj.real, obj.imag))
         if self._opaque:
-            return _ExtType(OPAQUE, self._nested((_type_name(obj), _safe_repr(obj))))
+            return _ext(OPAQUE, self._nested((_type_name(obj), _safe_repr(obj))))
         raise UnsafeValueError(
             f"a value of type {_type_name(obj)} cannot cross the sandbox safely; use numpy "
             "arrays, numbers, str, bytes, None and dict/list/tuple of them"
         )
+
+
+def _nd_header(array: np.ndarray[Any, Any]) -> bytes:
+    """u16 header length, u16 descr length, descr, u8 ndim, u64 shape... (little-endian)."""
+    descr = _dtype_descr(array.dtype)
+    body = (
+        _U16.pack(len(descr))
+        + descr
+        + bytes([array.ndim])
+        + struct.pack(f"<{array.ndim}Q", *array.shape)
+    )
+    return _U16.pack(len(body) + 2) + body
 
 
 def _type_name(obj: Any) -> str:
@@ -200,7 +217,7 @@ def _widen_ints(value: Any) -> Any:
     if type(value) is int:
         if -(2**63) <= value < 2**64:
             return value
-        return _ExtType(BIGINT, str(value).encode())
+        return _ext(BIGINT, str(value).encode())
     if type(value) is list:
         return [_widen_ints(v) for v in value]
     if type(value) is dict:
@@ -217,31 +234,41 @@ def _nested_list(data: bytes) -> list[Any]:
     return value
 
 
-_dtype_cache: dict[bytes, tuple[np.dtype[Any], tuple[int, ...], int]] = {}
+# header bytes -> (dtype, shape, item count, byte size, is 1-D)
+_nd_cache: dict[bytes, tuple[np.dtype[Any], tuple[int, ...], int, int, bool]] = {}
+
+
+def _parse_nd_header(head: bytes) -> tuple[np.dtype[Any], tuple[int, ...], int, int, bool]:
+    (n,) = _U16.unpack_from(head, 2)
+    dtype = _parse_descr(head[4 : 4 + n])
+    ndim = head[4 + n]
+    if len(head) != 5 + n + 8 * ndim:
+        raise ValueError("bad array header")
+    shape = struct.unpack_from(f"<{ndim}Q", head, 5 + n)
+    count = 1
+    for dim in shape:
+        count *= dim
+    parsed = (dtype, shape, count, count * dtype.itemsize, ndim == 1)
+    if len(_nd_cache) < 1024:
+        _nd_cache[head] = parsed
+    return parsed
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
     if code == ND:
-        (n,) = _U16.unpack_from(data)
-        ndim = data[2 + n]
-        offset = 3 + n + 8 * ndim
-        head = data[:offset]
-        parsed = _dtype_cache.get(head)
+        size = data[0] | data[1] << 8
+        head = data[:size]
+        parsed = _nd_cache.get(head)
         if parsed is None:
-            dtype = _parse_descr(data[2 : 2 + n])
-            shape = struct.unpack_from(f"<{ndim}Q", data, 3 + n)
-            size = dtype.itemsize
-            for dim in shape:
-                size *= dim
-            parsed = (dtype, shape, size)
-            if len(_dtype_cache) < 1024:
-                _dtype_cache[head] = parsed
-        dtype, shape, size = parsed
-        if len(data) - offset != size:
+            parsed = _parse_nd_header(head)
+        dtype, shape, count, nbytes, flat = parsed
+        if len(data) - size != nbytes:
             raise ValueError("array payload size does not match its shape")
-        if size == 0:
+        if count == 0:
             return np.zeros(shape, dtype)
-        return _frombuffer(data, dtype, offset=offset).reshape(shape).copy()
+        if flat:
+            return _frombuffer(data, dtype, count, size).copy()
+        return _frombuffer(data, dtype, count, size).reshape(shape).copy()
     if code == SCALAR:
         (n,) = _U16.unpack_from(data)
         dtype = _parse_descr(data[2 : 2 + n])

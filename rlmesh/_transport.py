@@ -23,6 +23,7 @@ import anyio
 from . import _protocol as P
 from ._errors import SandboxTimeoutError
 from ._process import ChildProcess
+from ._spin import Spinner
 
 __all__ = ["AsyncChannel", "BlockingChannel"]
 
@@ -60,15 +61,20 @@ class _Base:
 
 
 class BlockingChannel(_Base):
-    """Request/reply over the child's pipes with blocking reads; for the sync face."""
+    """Request/reply over the child's pipes with blocking waits; for the sync face.
+
+    The fds are non-blocking; a wait first spins briefly (``_spin``) and then blocks in
+    ``poll``, which also bounds it when a timeout is given.
+    """
 
     def __init__(self, child: ChildProcess, reader: P.FrameReader) -> None:
         super().__init__(child, reader)
-        os.set_blocking(child.from_child, True)
-        os.set_blocking(child.to_child, True)
+        os.set_blocking(child.from_child, False)
+        os.set_blocking(child.to_child, False)
         self._lock = threading.Lock()
         self._poll = select.poll()
         self._poll.register(child.from_child, select.POLLIN)
+        self._spinner = Spinner()
 
     def request(self, payload: bytes, what: str, timeout: float | None = None) -> list[Any]:
         """Send one request payload and return the decoded reply message."""
@@ -77,39 +83,66 @@ class BlockingChannel(_Base):
             while self._unanswered:
                 self._receive(what, deadline, timeout)
                 self._unanswered -= 1
-            self._send(self._frame(payload), what)
+            self._send(P.frame_header(len(payload)) + payload, what, deadline, timeout)
             self._unanswered += 1
             message = self._receive(what, deadline, timeout)
             self._unanswered -= 1
             return message
 
-    def _send(self, data: bytes, what: str) -> None:
-        view = memoryview(data)
+    def _wait(self, events: int, what: str, deadline: float | None, timeout: float | None) -> None:
+        if deadline is None:
+            self._poll.modify(self._fd_for(events), events)
+            self._poll.poll()
+            return
+        left = deadline - time.monotonic()
+        self._poll.modify(self._fd_for(events), events)
+        if left <= 0 or not self._poll.poll(math.ceil(left * 1000)):
+            raise _timeout_error(self.child, what, timeout or 0.0)
+
+    def _fd_for(self, events: int) -> int:
+        return self.child.from_child if events == select.POLLIN else self.child.to_child
+
+    def _send(self, data: bytes, what: str, deadline: float | None, timeout: float | None) -> None:
+        fd = self.child.to_child
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            raise self.child.crashed_error(what) from None
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
+        self._poll.register(fd, select.POLLOUT)
         try:
             while view:
-                view = view[os.write(self.child.to_child, view) :]
-        except (BrokenPipeError, OSError):
-            raise self.child.crashed_error(what) from None
+                self._wait(select.POLLOUT, what, deadline, timeout)
+                try:
+                    view = view[os.write(fd, view) :]
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    raise self.child.crashed_error(what) from None
+        finally:
+            self._poll.unregister(fd)
 
     def _receive(self, what: str, deadline: float | None, timeout: float | None) -> list[Any]:
         fd = self.child.from_child
-        while True:
-            payload = self._next_payload()
-            if payload is not None:
-                return P.decode_message(payload)
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._poll.poll(math.ceil(left * 1000)):
-                    raise _timeout_error(self.child, what, timeout or 0.0)
-            try:
-                data = os.read(fd, self._read_size())
-            except InterruptedError:
-                continue
-            except OSError:
-                data = b""
+        ready = self._ready
+        while not ready:
+            data = self._spinner.read(fd, MIN_READ)
+            if data is None:
+                self._wait(select.POLLIN, what, deadline, timeout)
+                try:
+                    data = os.read(fd, self._read_size())
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    data = b""
             if not data:
                 raise self.child.crashed_error(what)
-            self._absorb(data)
+            ready.extend(self._reader.feed(data))
+        return P.decode_message(ready.pop(0))
 
 
 class AsyncChannel(_Base):
@@ -119,7 +152,7 @@ class AsyncChannel(_Base):
         super().__init__(child, reader)
         os.set_blocking(child.from_child, False)
         os.set_blocking(child.to_child, False)
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)  # no scheduler round trip when free
 
     async def request(self, payload: bytes, what: str, timeout: float | None = None) -> list[Any]:
         """Send one request payload and return the decoded reply message."""

@@ -1,7 +1,8 @@
 """The sandbox side: ``python -m rlmesh._worker`` serves one environment over the protocol.
 
 Run by the host inside the sandbox's virtualenv. It imports only the standard library, numpy,
-gymnasium, msgpack, cloudpickle (to read what the host pickled) and rlmesh's pure modules, so
+gymnasium, msgpack, cloudpickle (to read what the host pickled) and rlmesh's stdlib-only
+modules, so
 installing rlmesh into a sandbox brings none of the host-side dependencies.
 
 Two ways to get the protocol streams:
@@ -21,6 +22,7 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import select
 import signal
 import sys
 import traceback
@@ -30,6 +32,7 @@ from typing import Any
 from . import _protocol as P
 from ._codec import Decoder, Encoder
 from ._spaces import space_to_data
+from ._spin import Spinner
 from ._version import __version__
 
 __all__ = ["Worker", "main"]
@@ -100,13 +103,28 @@ class Worker:
         self._write(P.MAGIC)
         self._send([P.HELLO, _versions()])
         reader = P.FrameReader(expect_magic=False)
-        read, decode, handle = self._read, self._decoder.decode, self._handle
+        read, write, decode = self._read, self._write, self._decoder.decode
+        pack, header = self._encoder.encode, P.frame_header
+        handle, step = self._handle, P.STEP
         while not self._closing:
             data = read(1 << 16)
             if not data:
                 break  # the host closed the pipe: it is gone or done with us
             for payload in reader.feed(data):
-                self._send(handle(decode(payload)))
+                message = decode(payload)
+                if message[0] == step and self.env is not None:
+                    try:  # the hot path, inlined
+                        obs, reward, terminated, truncated, info = self.env.step(message[1])
+                        reply = [P.OK, obs, reward, terminated, truncated, info]
+                    except Exception as exc:
+                        reply = self._error(exc)
+                else:
+                    reply = handle(message)
+                try:
+                    out = pack(reply)
+                except Exception as exc:  # e.g. a dict key msgpack cannot hold
+                    out = pack(self._error(exc))
+                write(header(len(out)) + out)
         if self.env is not None and not self._closing:
             self._close_env()
 
@@ -120,12 +138,16 @@ class Worker:
                 kind = message[0]
             return self._handlers[kind](*message[1:])
         except Exception as exc:
-            return [
-                P.ERROR,
-                f"{type(exc).__module__}.{type(exc).__qualname__}",
-                str(exc),
-                traceback.format_exc(),
-            ]
+            return self._error(exc)
+
+    @staticmethod
+    def _error(exc: BaseException) -> list[Any]:
+        return [
+            P.ERROR,
+            f"{type(exc).__module__}.{type(exc).__qualname__}",
+            str(exc),
+            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        ]
 
     def _make(self, request: dict[str, Any]) -> list[Any]:
         for name in request.get("imports", ()):
@@ -185,11 +207,21 @@ class Worker:
 
 
 def _fd_reader(fd: int) -> Callable[[int], bytes]:
+    """Reads with a short adaptive spin first (see ``_spin``), then a blocking wait."""
+    os.set_blocking(fd, False)
+    spinner = Spinner()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+
     def read(size: int) -> bytes:
+        data = spinner.read(fd, size)
+        if data is not None:
+            return data
         while True:
+            poller.poll()
             try:
                 return os.read(fd, size)
-            except InterruptedError:
+            except (BlockingIOError, InterruptedError):
                 continue
 
     return read
