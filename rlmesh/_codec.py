@@ -136,12 +136,17 @@ class Encoder:
             )
         return packed  # type: ignore[no-any-return]
 
+    def _opaque_value(self, obj: Any) -> Any:
+        return _ext(OPAQUE, self._nested((_type_name(obj), _safe_repr(obj))))
+
     def _default(self, obj: Any) -> Any:
         kind = type(obj)
         if kind is _ndarray:
             dtype = obj.dtype
             cached = self._headers.get((id(dtype), obj.shape))
             if cached is None or cached[0] is not dtype:
+                if dtype.hasobject and self._opaque:
+                    return self._opaque_value(obj)
                 cached = (dtype, _nd_header(obj))
                 if len(self._headers) < 256:
                     self._headers[(id(dtype), obj.shape)] = cached
@@ -180,7 +185,7 @@ class Encoder:
         if isinstance(obj, complex):
             return _ext(COMPLEX, struct.pack("<2d", obj.real, obj.imag))
         if self._opaque:
-            return _ext(OPAQUE, self._nested((_type_name(obj), _safe_repr(obj))))
+            return self._opaque_value(obj)
         raise UnsafeValueError(
             f"a value of type {_type_name(obj)} cannot cross the sandbox safely; use numpy "
             "arrays, numbers, str, bytes, None and dict/list/tuple of them"

@@ -111,7 +111,8 @@ async def start_sandbox(spec: SandboxSpec) -> Sandbox:
             return await _handshake(spec, child)
     except TimeoutError:
         if child is not None:
-            child.kill()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(child.stop, 0.5)
         raise SandboxTimeoutError(
             f"the sandbox for {spec.label!r} was not ready within startup_timeout="
             f"{spec.startup_timeout:g} s (this includes building its virtualenv)"

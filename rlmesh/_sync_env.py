@@ -84,7 +84,7 @@ class SandboxEnv(gym.Env[Any, Any]):
         self._contains = action_checker(sandbox.action_space)
         self.observation_space = sandbox.observation_space
         self.action_space = sandbox.action_space
-        self.metadata = sandbox.metadata
+        self._metadata = sandbox.metadata
         self.render_mode = sandbox.render_mode
         self.spec = host_env_spec(
             sandbox,
@@ -119,6 +119,19 @@ class SandboxEnv(gym.Env[Any, Any]):
 
         space.remote_sample = sample
         space.remote_contains = contains
+
+    @property  # type: ignore[override]
+    def metadata(self) -> dict[str, Any]:
+        """The env's ``metadata`` as the sandbox reports it.
+
+        A property, so ``gymnasium.make(env.spec, render_mode=...)`` reads the render modes
+        of the instance rather than the (empty) class-level default.
+        """
+        return self._metadata
+
+    @metadata.setter
+    def metadata(self, value: dict[str, Any]) -> None:
+        self._metadata = value
 
     @property
     def state(self) -> State:

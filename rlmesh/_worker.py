@@ -122,9 +122,11 @@ class Worker:
                     reply = handle(message)
                 try:
                     out = pack(reply)
-                except Exception as exc:  # e.g. a dict key msgpack cannot hold
+                    head = header(len(out))
+                except Exception as exc:  # an unhashable key, a reply over the frame limit
                     out = pack(self._error(exc))
-                write(header(len(out)) + out)
+                    head = header(len(out))
+                write(head + out)
         if self.env is not None and not self._closing:
             self._close_env()
 

@@ -161,3 +161,8 @@ def test_decoder_fuzz_only_raises_protocol_error(data: bytes) -> None:
 )
 def test_roundtrip_property(value: Any) -> None:
     assert same(value, roundtrip(value))
+
+
+def test_object_arrays_from_the_child_become_opaque() -> None:
+    out = roundtrip({"a": np.array([None, 1], dtype=object)}, opaque=True)
+    assert isinstance(out["a"], RemoteObject) and out["a"].type_name == "numpy.ndarray"

@@ -170,6 +170,13 @@ def test_ansi_render_returns_str() -> None:
         env.reset(seed=0)
         text = env.render()
         assert isinstance(text, str) and "S" in text
+        assert env.spec is not None
+        again = gym.make(env.spec, render_mode="ansi")  # a second sandbox, made by Gymnasium
+        try:
+            again.reset(seed=0)
+            assert again.render() == text
+        finally:
+            again.close()
 
 
 def test_rgb_array_render_returns_uint8_frames() -> None:
