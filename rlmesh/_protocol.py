@@ -49,9 +49,12 @@ _HEADER = struct.Struct("<I")
 
 
 def frame_header(size: int) -> bytes:
-    """The 4-byte header of a payload of ``size`` bytes."""
+    """The 4-byte header of a payload of ``size`` bytes.
+
+    Raises ``ValueError`` (nothing was sent, the sandbox stays usable) if it is too large.
+    """
     if size > MAX_FRAME:
-        raise ProtocolError(f"frame of {size} bytes exceeds the {MAX_FRAME}-byte limit")
+        raise ValueError(f"a message of {size} bytes exceeds the {MAX_FRAME}-byte frame limit")
     return _HEADER.pack(size)
 
 

@@ -45,7 +45,7 @@ def test_oversized_frames_are_a_protocol_error() -> None:
     reader = P.FrameReader(expect_magic=False, max_frame=100)
     with pytest.raises(ProtocolError, match="over the 100-byte limit"):
         reader.feed(P.frame_header(101))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ValueError, match="frame limit"):
         P.frame_header(P.MAX_FRAME + 1)
 
 
