@@ -100,10 +100,12 @@ async def _atimed(func: Callable[[], Any], steps: int) -> float:
     return (time.perf_counter() - start) / steps * 1e6
 
 
-def interleaved(subjects: dict[str, Callable[[], Any]], steps: int, rounds: int) -> dict[str, float]:
+def interleaved(
+    subjects: dict[str, Callable[[], Any]], steps: int, rounds: int
+) -> dict[str, float]:
     """Median us/call per subject, measured in alternating rounds so drift hits all alike."""
     samples: dict[str, list[float]] = {name: [] for name in subjects}
-    for name, func in subjects.items():  # warm up
+    for func in subjects.values():  # warm up
         _timed(func, max(100, steps // 10))
     for _ in range(rounds):
         for name, func in subjects.items():

@@ -12,7 +12,7 @@ async def rollout(env: AsyncSandboxEnv, seed: int) -> float:
     env.action_space.seed(seed)
     total = 0.0
     while True:
-        obs, reward, terminated, truncated, info = await env.step(env.action_space.sample())
+        _obs, reward, terminated, truncated, _info = await env.step(env.action_space.sample())
         total += float(reward)
         if terminated or truncated:
             return total

@@ -1,4 +1,4 @@
-"""The seed example: CartPole in its own uv virtualenv and process, driven like any Gymnasium env."""
+"""The seed example: CartPole in its own uv virtualenv and process, used like any Gymnasium env."""
 
 from rlmesh.numpy import SandboxEnv
 

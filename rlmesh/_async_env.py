@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from types import TracebackType
 from typing import Any
@@ -212,12 +213,10 @@ class AsyncSandboxEnv:
         assert sandbox is not None and self._channel is not None
         with anyio.CancelScope(shield=True):
             if self._state is State.READY:
-                try:
+                with contextlib.suppress(SandboxError):  # stop() below makes sure
                     await self._channel.request(
                         self._encoder.encode([P.CLOSE]), "close()", CLOSE_TIMEOUT
                     )
-                except SandboxError:
-                    pass  # it is going away either way; stop() below makes sure
             self._state = State.CLOSED
             await anyio.to_thread.run_sync(sandbox.child.stop)
             self._finalizer.detach()

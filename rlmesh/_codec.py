@@ -74,10 +74,12 @@ def _dtype_descr(dtype: np.dtype[Any]) -> bytes:
     if dtype.fields is None and dtype.subdtype is None:
         if dtype.kind == "O":
             raise UnsafeValueError("numpy arrays of dtype=object cannot cross the sandbox safely")
-        return dtype.str.encode()
+        text: str = dtype.str
+        return text.encode()
     if dtype.hasobject:
         raise UnsafeValueError("numpy arrays holding Python objects cannot cross the sandbox")
-    return b"!" + json.dumps(np.lib.format.dtype_to_descr(dtype)).encode()
+    descr: Any = np.lib.format.dtype_to_descr(dtype)
+    return b"!" + json.dumps(descr).encode()
 
 
 def _as_descr_tuples(value: Any) -> Any:
@@ -90,7 +92,7 @@ def _as_descr_tuples(value: Any) -> Any:
 
 def _parse_descr(raw: bytes) -> np.dtype[Any]:
     if raw[:1] == b"!":
-        dtype = np.dtype(_as_descr_tuples(json.loads(raw[1:])))
+        dtype: np.dtype[Any] = np.dtype(_as_descr_tuples(json.loads(raw[1:])))
     else:
         dtype = np.dtype(raw.decode())
     if dtype.hasobject:

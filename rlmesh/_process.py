@@ -113,7 +113,11 @@ class ChildProcess:
     """
 
     def __init__(
-        self, popen: subprocess.Popen[bytes], to_child: int, from_child: int, pump: _OutputPump,
+        self,
+        popen: subprocess.Popen[bytes],
+        to_child: int,
+        from_child: int,
+        pump: _OutputPump,
         label: str,
     ) -> None:
         self._popen = popen

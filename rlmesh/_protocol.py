@@ -157,9 +157,7 @@ def raise_for_reply(message: list[Any], length: int) -> None:
         remote_type, text, trace = (str(part) for part in message[1:])
         raise RemoteEnvError(remote_type, text, trace)
     if kind == OK:
-        raise ProtocolError(
-            f"reply has {len(message) - 1} values where {length - 1} were expected"
-        )
+        raise ProtocolError(f"reply has {len(message) - 1} values where {length - 1} were expected")
     raise ProtocolError(f"unexpected message kind {kind} from the sandbox")
 
 

@@ -98,8 +98,7 @@ async def start_sandbox(spec: SandboxSpec) -> Sandbox:
         )
     if not isinstance(spec.source, GymSource):
         raise NotImplementedError(
-            f"{spec.label!r}: Hugging Face EnvHub sources are not supported yet; use a "
-            "Gymnasium id"
+            f"{spec.label!r}: Hugging Face EnvHub sources are not supported yet; use a Gymnasium id"
         )
     child: ChildProcess | None = None
     try:

@@ -74,7 +74,7 @@ def space_to_data(space: Any) -> dict[str, Any]:
             data["start"] = np.asarray(start)
         return data
     if kind == "Text":
-        chars = getattr(space, "character_list", None) or getattr(space, "_char_list", ())
+        chars: Any = getattr(space, "character_list", None) or getattr(space, "_char_list", ())
         return {
             "type": "Text",
             "min_length": int(space.min_length),
@@ -139,7 +139,7 @@ class OpaqueSpace(spaces.Space[Any]):
 
     def sample(self, mask: Any = None, probability: Any = None) -> Any:
         if mask is not None or probability is not None:
-            raise NotImplementedError(f"{self.name} is opaque: sampling with a mask is not supported")
+            raise NotImplementedError(f"{self.name} is opaque: no sampling with a mask")
         if self.remote_sample is None:
             raise NotImplementedError(
                 f"{self.name} has no host-side equivalent; sample it through the sandbox "
@@ -190,7 +190,8 @@ def space_from_data(data: dict[str, Any]) -> Any:
         )
     if kind == "Dict":
         # An OrderedDict keeps the sandbox's key order (a plain dict would be sorted).
-        return spaces.Dict(OrderedDict((key, space_from_data(sub)) for key, sub in data["spaces"]))
+        items = ((key, space_from_data(sub)) for key, sub in data["spaces"])
+        return spaces.Dict(OrderedDict(items))
     if kind == "Tuple":
         return spaces.Tuple(tuple(space_from_data(sub) for sub in data["spaces"]))
     if kind == "Sequence":

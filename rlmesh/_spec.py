@@ -145,7 +145,7 @@ class SandboxSpec:
 
     def requirement_names(self) -> set[str]:
         """Canonical names of the distributions that ``packages`` names explicitly."""
-        names = set()
+        names: set[str] = set()
         for item in self.packages:
             try:
                 names.add(canonicalize_name(Requirement(item).name))
@@ -230,8 +230,10 @@ def make_spec(
         rlmesh_package = os.environ.get(RLMESH_PACKAGE_ENV) or None
     if rlmesh_package is not None:
         if not isinstance(rlmesh_package, str) or not rlmesh_package.strip():
-            raise ValueError(f"rlmesh_package must be 'local', a wheel path or a specifier, "
-                             f"not {rlmesh_package!r}")
+            raise ValueError(
+                f"rlmesh_package must be 'local', a wheel path or a specifier, "
+                f"not {rlmesh_package!r}"
+            )
         if rlmesh_package != "local":
             rlmesh_package = _check_package(rlmesh_package.strip())
     if isinstance(parsed, HubSource):

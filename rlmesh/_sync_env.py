@@ -7,6 +7,7 @@ portal hop per call would cost more than the sandboxed step itself.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import Any
 
@@ -192,10 +193,8 @@ class SandboxEnv(gym.Env[Any, Any]):
             self._state = State.CLOSED
             return
         if state is State.READY:
-            try:
+            with contextlib.suppress(SandboxError):  # stop() below makes sure
                 self._channel.request(self._encode([P.CLOSE]), "close()", CLOSE_TIMEOUT)
-            except SandboxError:
-                pass  # it is going away either way; stop() below makes sure
         self._state = State.CLOSED
         self._sandbox.child.stop()
         self._finalizer.detach()

@@ -262,8 +262,11 @@ async def ensure_venv(spec: SandboxSpec) -> Venv:
 
 async def _build(spec: SandboxSpec, inputs: dict[str, Any], tmp: Path) -> None:
     python = inputs["python"]
-    await _run_uv(["venv", "--quiet", "--relocatable", "--python", python, str(tmp)], spec,
-                  "creating the virtualenv")
+    await _run_uv(
+        ["venv", "--quiet", "--relocatable", "--python", python, str(tmp)],
+        spec,
+        "creating the virtualenv",
+    )
     item = inputs["rlmesh"]
     if item["mode"] == "copy":
         _copy_rlmesh(tmp)
@@ -277,8 +280,16 @@ async def _build(spec: SandboxSpec, inputs: dict[str, Any], tmp: Path) -> None:
     )
     if item["mode"] == "install":
         await _run_uv(
-            ["pip", "install", "--quiet", "--no-deps", "--compile-bytecode", "--python",
-             venv_python, item["target"]],
+            [
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--compile-bytecode",
+                "--python",
+                venv_python,
+                item["target"],
+            ],
             spec,
             f"installing rlmesh from {item['target']}",
         )

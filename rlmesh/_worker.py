@@ -19,6 +19,7 @@ in-process over a socket pair.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import platform
@@ -240,10 +241,8 @@ def _fd_writer(fd: int) -> Callable[[bytes], None]:
 
 def _close_quietly(*fds: int) -> None:
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 def main(argv: list[str] | None = None) -> int:

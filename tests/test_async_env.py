@@ -62,7 +62,7 @@ async def test_remote_error_then_usable() -> None:
         with pytest.raises(RemoteEnvError, match="boom at step 2") as caught:
             await env.step(1)
         assert "Traceback" in caught.value.remote_traceback
-        obs, info = await env.reset()
+        obs, _info = await env.reset()
         assert obs.tolist() == [0.0, 0.0]
 
 

@@ -13,6 +13,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env, data_equivalence
+from sandbox_options import TEST_ENVS
 
 from rlmesh import (
     RemoteEnvError,
@@ -21,8 +22,6 @@ from rlmesh import (
     SandboxStartupError,
 )
 from rlmesh.numpy import OpaqueSpace, RemoteObject, SandboxEnv, State
-
-from sandbox_options import TEST_ENVS
 
 pytestmark = pytest.mark.sandbox
 
@@ -87,7 +86,7 @@ def test_env_errors_carry_the_remote_traceback_and_the_env_stays_usable() -> Non
         assert "rlmesh_test_envs/__init__.py" in caught.value.remote_traceback
         assert "in step" in str(caught.value)
         assert env.state is State.READY
-        obs, info = env.reset(options={"again": True})
+        _obs, info = env.reset(options={"again": True})
         assert info == {"options": {"again": True}}
 
 
@@ -115,7 +114,7 @@ def test_printing_env_does_not_corrupt_the_protocol(capsys: pytest.CaptureFixtur
         pid = env.pid
         env.reset()
         for t in range(1, 21):
-            obs, reward, terminated, truncated, info = env.step(1)
+            obs, _reward, _terminated, _truncated, info = env.step(1)
             assert info["t"] == t and obs.tolist() == [t, t]
     err = capsys.readouterr().err
     prefix = f"[rlmesh_test/Faulty-v0 pid {pid}] "
@@ -132,7 +131,7 @@ def test_messy_env_degrades_gracefully() -> None:
         assert 10 <= action < 20
         assert env.action_space.contains(15) and not env.action_space.contains(3)
         env.reset()
-        obs, reward, terminated, truncated, info = env.step(action)
+        _obs, reward, _terminated, _truncated, info = env.step(action)
         assert type(reward) is int
         assert info["thing"] == RemoteObject("rlmesh_test_envs.Unserialisable",
                                              "<Unserialisable thing>")  # fmt: skip
@@ -149,7 +148,7 @@ def test_actions_outside_the_space_are_refused_before_sending() -> None:
         env.reset(seed=0)
         with pytest.raises(ValueError, match=r"action 2 .* not in the action space Discrete\(2\)"):
             env.step(2)
-        with pytest.raises(ValueError, match="action_space.sample"):
+        with pytest.raises(ValueError, match=r"action_space\.sample"):
             env.step("left")
         assert env.step(np.int64(1))[0].shape == (4,)
 
