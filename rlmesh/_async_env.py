@@ -69,12 +69,6 @@ class AsyncSandboxEnv:
         call_timeout: float | None = None,
         **gym_make_kwargs: Any,
     ) -> None:
-        self._factory_kwargs = dict(
-            source=source, packages=list(packages), imports=list(imports),
-            base_image=base_image, rlmesh_package=rlmesh_package,
-            trust_remote_code=trust_remote_code, allow_unpinned_hf=allow_unpinned_hf,
-            startup_timeout=startup_timeout, call_timeout=call_timeout, **gym_make_kwargs,
-        )  # fmt: skip
         self._spec = make_spec(
             source,
             packages=packages,
@@ -111,7 +105,7 @@ class AsyncSandboxEnv:
         self._sandbox = sandbox
         self._channel = AsyncChannel(sandbox.child, sandbox.reader)
         self._contains = action_checker(sandbox.action_space)
-        self._env_spec = host_env_spec(sandbox, self._factory_kwargs)
+        self._env_spec = host_env_spec(sandbox)
         self._finalizer = weakref.finalize(self, sandbox.child.abandon)
         self._state = State.READY
 

@@ -164,7 +164,7 @@ async def _handshake(spec: SandboxSpec, child: ChildProcess) -> Sandbox:
         raise failed(f"bad startup reply: {exc}") from None
 
 
-def host_env_spec(sandbox: Sandbox, factory_kwargs: dict[str, Any]) -> EnvSpec | None:
+def host_env_spec(sandbox: Sandbox) -> EnvSpec | None:
     """An ``EnvSpec`` whose ``make()`` builds another sandbox like this one."""
     data = sandbox.env_spec or {}
     env_id = data.get("id") or "RLMeshSandbox-v0"
@@ -177,7 +177,7 @@ def host_env_spec(sandbox: Sandbox, factory_kwargs: dict[str, Any]) -> EnvSpec |
             max_episode_steps=data.get("max_episode_steps"),
             order_enforce=True,
             disable_env_checker=True,
-            kwargs=factory_kwargs,
+            kwargs=sandbox.spec.factory_kwargs(),
         )
     except Exception:  # an id our gymnasium rejects: the spec is informative only
         return None

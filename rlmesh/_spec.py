@@ -143,6 +143,21 @@ class SandboxSpec:
         """A short name for messages: the source as the user wrote it."""
         return str(self.source)
 
+    def factory_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments that make an equivalent sandbox env (for ``EnvSpec.kwargs``)."""
+        return {
+            "source": str(self.source),
+            "packages": list(self.packages),
+            "imports": list(self.imports),
+            "base_image": self.base_image,
+            "rlmesh_package": self.rlmesh_package,
+            "trust_remote_code": self.trust_remote_code,
+            "allow_unpinned_hf": self.allow_unpinned_hf,
+            "startup_timeout": self.startup_timeout,
+            "call_timeout": self.call_timeout,
+            **self.make_kwargs,
+        }
+
     def requirement_names(self) -> set[str]:
         """Canonical names of the distributions that ``packages`` names explicitly."""
         names: set[str] = set()

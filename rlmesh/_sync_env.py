@@ -87,15 +87,7 @@ class SandboxEnv(gym.Env[Any, Any]):
         self.action_space = sandbox.action_space
         self._metadata = sandbox.metadata
         self.render_mode = sandbox.render_mode
-        self.spec = host_env_spec(
-            sandbox,
-            dict(
-                source=source, packages=list(packages), imports=list(imports),
-                base_image=base_image, rlmesh_package=rlmesh_package,
-                trust_remote_code=trust_remote_code, allow_unpinned_hf=allow_unpinned_hf,
-                startup_timeout=startup_timeout, call_timeout=call_timeout, **gym_make_kwargs,
-            ),
-        )  # fmt: skip
+        self.spec = host_env_spec(sandbox)
         self._wire_opaque(self.action_space, "action")
         self._wire_opaque(self.observation_space, "observation")
         self._state = State.READY

@@ -56,6 +56,15 @@ class _Base:
     def _read_size(self) -> int:
         return min(MAX_READ, max(MIN_READ, self._reader.wanted()))
 
+    def _try_read(self) -> bytes | None:
+        """One non-blocking read: data, ``b''`` at EOF or on a dead pipe, ``None`` if none yet."""
+        try:
+            return os.read(self.child.from_child, self._read_size())
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return b""
+
     def _absorb(self, data: bytes) -> None:
         self._ready.extend(self._reader.feed(data))
 
@@ -133,12 +142,9 @@ class BlockingChannel(_Base):
             data = self._spinner.read(fd, MIN_READ)
             if data is None:
                 self._wait(select.POLLIN, what, deadline, timeout)
-                try:
-                    data = os.read(fd, self._read_size())
-                except (BlockingIOError, InterruptedError):
+                data = self._try_read()
+                if data is None:
                     continue
-                except OSError:
-                    data = b""
             if not data:
                 raise self.child.crashed_error(what)
             ready.extend(self._reader.feed(data))
@@ -198,12 +204,9 @@ class AsyncChannel(_Base):
             if payload is not None:
                 return P.decode_message(payload)
             await anyio.wait_readable(fd)
-            try:
-                data = os.read(fd, self._read_size())
-            except (BlockingIOError, InterruptedError):
+            data = self._try_read()
+            if data is None:
                 continue
-            except OSError:
-                data = b""
             if not data:
                 raise await anyio.to_thread.run_sync(self.child.crashed_error, what)
             self._absorb(data)
