@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -63,7 +63,6 @@ class Sandbox:
     metadata: dict[str, Any]
     render_mode: str | None
     env_spec: dict[str, Any] | None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _child_env(venv_path: str) -> dict[str, str]:
