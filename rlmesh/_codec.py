@@ -27,6 +27,7 @@ Only the standard library, numpy and msgpack are imported here: the sandbox work
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from dataclasses import dataclass
@@ -35,7 +36,15 @@ from typing import Any
 import msgpack
 import numpy as np
 
-__all__ = ["Decoder", "Encoder", "RemoteObject", "UnsafeValueError", "decode", "encode"]
+__all__ = [
+    "Decoder",
+    "Encoder",
+    "RemoteObject",
+    "UnsafeValueError",
+    "decode",
+    "encode",
+    "unpack",
+]
 
 ND, SCALAR, TUPLE, BIGINT, SET, FROZENSET, COMPLEX, GRAPH, OPAQUE = range(1, 10)
 
@@ -114,6 +123,9 @@ class Encoder:
         # guards against a reused id.
         self._headers: dict[tuple[int, tuple[int, ...]], tuple[Any, bytes]] = {}
         self._packer = msgpack.Packer(default=self._default, strict_types=True, use_bin_type=True)
+        #: The raw packer's ``pack``: fastest, but raises ``UnsafeValueError`` or
+        #: ``OverflowError`` where ``encode`` would handle the value.
+        self.pack_fast = self._packer.pack
 
     def encode(self, value: Any) -> bytes:
         """Return the bytes of ``value``."""
@@ -304,6 +316,10 @@ def _ext_hook(code: int, data: bytes) -> Any:
     raise ValueError(f"unknown extension type {code}")
 
 
+#: ``unpack(data)``: the value encoded in ``data`` (a C-level partial: no Python frame).
+unpack = functools.partial(msgpack.unpackb, ext_hook=_ext_hook, strict_map_key=False, raw=False)
+
+
 class Decoder:
     """Unpacks bytes made by ``Encoder``; raises ``ValueError`` (or a subclass) on bad input."""
 
@@ -311,7 +327,7 @@ class Decoder:
 
     def decode(self, data: bytes | memoryview) -> Any:
         """Return the value encoded in ``data``."""
-        return msgpack.unpackb(data, ext_hook=_ext_hook, strict_map_key=False, raw=False)
+        return unpack(data)
 
 
 def encode(value: Any) -> bytes:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from ._codec import Decoder, Encoder, UnsafeValueError
+from ._codec import Encoder, UnsafeValueError, unpack
 from ._errors import ProtocolError, RemoteEnvError
 
 __all__ = [
@@ -121,13 +121,10 @@ class FrameReader:
         return payloads
 
 
-_decoder = Decoder()
-
-
 def decode_message(payload: bytes) -> list[Any]:
     """Decode one payload into a message list, or raise ``ProtocolError``."""
     try:
-        message = _decoder.decode(payload)
+        message = unpack(payload)
     except Exception as exc:
         raise ProtocolError(f"malformed message from the sandbox: {exc!r}") from None
     if type(message) is not list or not message or type(message[0]) is not int:
@@ -140,8 +137,13 @@ class RequestEncoder:
 
     def __init__(self) -> None:
         self._encoder = Encoder()
+        self._pack = self._encoder.pack_fast
 
     def encode(self, message: list[Any]) -> bytes:
+        try:
+            return self._pack(message)  # type: ignore[no-any-return]
+        except (UnsafeValueError, OverflowError):
+            pass
         try:
             return self._encoder.encode(message)
         except UnsafeValueError:

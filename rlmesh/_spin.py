@@ -14,6 +14,7 @@ library only: the sandbox worker uses it too.
 from __future__ import annotations
 
 import os
+import select
 import time
 
 __all__ = ["Spinner"]
@@ -33,14 +34,18 @@ def _window_from_env() -> float:
 class Spinner:
     """Polls a non-blocking fd for a bounded, adaptive window before the caller blocks."""
 
-    __slots__ = ("_penalty", "_skip", "window")
+    __slots__ = ("_fd", "_penalty", "_poll", "_skip", "window")
 
-    def __init__(self, window: float | None = None) -> None:
+    def __init__(self, fd: int, window: float | None = None) -> None:
         self.window = _window_from_env() if window is None else window
         self._skip = 0
         self._penalty = 1
+        self._fd = fd
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        self._poll = poller.poll  # poll(0) enters the kernel but allocates nothing
 
-    def read(self, fd: int, size: int) -> bytes | None:
+    def read(self, size: int) -> bytes | None:
         """Data (``b''`` at EOF) if it arrives within the window; ``None`` to block instead."""
         if self.window <= 0.0:
             return None
@@ -49,15 +54,15 @@ class Spinner:
             return None
         clock = time.perf_counter
         end = clock() + self.window
-        read = os.read
-        while True:
-            try:
-                data = read(fd, size)
-            except (BlockingIOError, InterruptedError):
-                if clock() < end:
-                    continue
+        poll = self._poll
+        while not poll(0):
+            if clock() >= end:
                 self._skip = self._penalty
                 self._penalty = min(self._penalty * 2, MAX_SKIP)
                 return None
-            self._penalty = 1
-            return data
+        try:
+            data = os.read(self._fd, size)
+        except (BlockingIOError, InterruptedError):
+            return None
+        self._penalty = 1
+        return data

@@ -79,6 +79,7 @@ class SandboxEnv(gym.Env[Any, Any]):
         sandbox: Sandbox = portal_call(start_sandbox, spec)
         self._sandbox = sandbox
         self._channel = BlockingChannel(sandbox.child, sandbox.reader)
+        self._request = self._channel.request
         self._finalizer = weakref.finalize(self, sandbox.child.abandon)
         self._encode = P.RequestEncoder().encode
         self._timeout = spec.call_timeout
@@ -145,15 +146,16 @@ class SandboxEnv(gym.Env[Any, Any]):
         if self._state is not State.READY:
             raise closed_error(self._label, self._state, self._reason)
         try:
-            return reply_values(
-                self._channel.request(self._encode(message), what, self._timeout), length
-            )
+            return reply_values(self._request(self._encode(message), what, self._timeout), length)
         except SandboxError as exc:
-            if is_fatal(exc):
-                self._state = State.BROKEN
-                self._reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-                self._sandbox.child.abandon()
+            self._failed(exc)
             raise
+
+    def _failed(self, exc: SandboxError) -> None:
+        if is_fatal(exc):
+            self._state = State.BROKEN
+            self._reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+            self._sandbox.child.abandon()
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -169,9 +171,22 @@ class SandboxEnv(gym.Env[Any, Any]):
         Raises:
             ValueError: ``action`` is not in ``action_space`` (nothing is sent).
         """
+        # The hot path: _call inlined (one Python frame less per step).
         if not self._contains(action):
             raise bad_action(self._sandbox, action)
-        reply = self._call([P.STEP, action], "step()", 6)
+        if self._state is not State.READY:
+            raise closed_error(self._label, self._state, self._reason)
+        try:
+            reply = self._request(self._encode([P.STEP, action]), "step()", self._timeout)
+        except SandboxError as exc:
+            self._failed(exc)
+            raise
+        if reply[0] != P.OK or len(reply) != 6:
+            try:
+                reply_values(reply, 6)
+            except SandboxError as exc:
+                self._failed(exc)
+                raise
         return reply[1], reply[2], reply[3], reply[4], reply[5]
 
     def render(self) -> Any:

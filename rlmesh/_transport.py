@@ -81,9 +81,11 @@ class BlockingChannel(_Base):
         os.set_blocking(child.from_child, False)
         os.set_blocking(child.to_child, False)
         self._lock = threading.Lock()
-        self._poll = select.poll()
-        self._poll.register(child.from_child, select.POLLIN)
-        self._spinner = Spinner()
+        self._readable = select.poll()
+        self._readable.register(child.from_child, select.POLLIN)
+        self._writable = select.poll()
+        self._writable.register(child.to_child, select.POLLOUT)
+        self._spin = Spinner(child.from_child).read
 
     def request(self, payload: bytes, what: str, timeout: float | None = None) -> list[Any]:
         """Send one request payload and return the decoded reply message."""
@@ -98,18 +100,13 @@ class BlockingChannel(_Base):
             self._unanswered -= 1
             return message
 
-    def _wait(self, events: int, what: str, deadline: float | None, timeout: float | None) -> None:
+    def _wait(self, poller: Any, what: str, deadline: float | None, timeout: float | None) -> None:
         if deadline is None:
-            self._poll.modify(self._fd_for(events), events)
-            self._poll.poll()
+            poller.poll()
             return
         left = deadline - time.monotonic()
-        self._poll.modify(self._fd_for(events), events)
-        if left <= 0 or not self._poll.poll(math.ceil(left * 1000)):
+        if left <= 0 or not poller.poll(math.ceil(left * 1000)):
             raise _timeout_error(self.child, what, timeout or 0.0)
-
-    def _fd_for(self, events: int) -> int:
-        return self.child.from_child if events == select.POLLIN else self.child.to_child
 
     def _send(self, data: bytes, what: str, deadline: float | None, timeout: float | None) -> None:
         fd = self.child.to_child
@@ -122,26 +119,21 @@ class BlockingChannel(_Base):
         if sent == len(data):
             return
         view = memoryview(data)[sent:]
-        self._poll.register(fd, select.POLLOUT)
-        try:
-            while view:
-                self._wait(select.POLLOUT, what, deadline, timeout)
-                try:
-                    view = view[os.write(fd, view) :]
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    raise self.child.crashed_error(what) from None
-        finally:
-            self._poll.unregister(fd)
+        while view:
+            self._wait(self._writable, what, deadline, timeout)
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                continue
+            except OSError:
+                raise self.child.crashed_error(what) from None
 
     def _receive(self, what: str, deadline: float | None, timeout: float | None) -> list[Any]:
-        fd = self.child.from_child
         ready = self._ready
         while not ready:
-            data = self._spinner.read(fd, MIN_READ)
+            data = self._spin(MIN_READ)
             if data is None:
-                self._wait(select.POLLIN, what, deadline, timeout)
+                self._wait(self._readable, what, deadline, timeout)
                 data = self._try_read()
                 if data is None:
                     continue

@@ -212,12 +212,12 @@ class Worker:
 def _fd_reader(fd: int) -> Callable[[int], bytes]:
     """Reads with a short adaptive spin first (see ``_spin``), then a blocking wait."""
     os.set_blocking(fd, False)
-    spinner = Spinner()
+    spin = Spinner(fd).read
     poller = select.poll()
     poller.register(fd, select.POLLIN)
 
     def read(size: int) -> bytes:
-        data = spinner.read(fd, size)
+        data = spin(size)
         if data is not None:
             return data
         while True:
