@@ -216,8 +216,12 @@ def spawn_worker(
     env: dict[str, str] | None = None,
     cwd: str | None = None,
     extra_args: Sequence[str] = (),
+    keep_fds: Sequence[int] = (),
 ) -> ChildProcess:
-    """Start ``python -I -m rlmesh._worker`` with dedicated protocol pipes."""
+    """Start ``python -I -m rlmesh._worker`` with dedicated protocol pipes.
+
+    ``keep_fds`` are inherited by the child as they are (the venv's in-use lock).
+    """
     host_read, child_write = os.pipe2(os.O_CLOEXEC)
     child_read, host_write = os.pipe2(os.O_CLOEXEC)
     out_read, out_write = os.pipe2(os.O_CLOEXEC)
@@ -239,7 +243,7 @@ def spawn_worker(
             stdin=subprocess.DEVNULL,
             stdout=out_write,
             stderr=out_write,
-            pass_fds=(child_read, child_write),
+            pass_fds=(child_read, child_write, *keep_fds),
             start_new_session=True,
             env=env,
             cwd=cwd,

@@ -103,9 +103,17 @@ async def start_sandbox(spec: SandboxSpec) -> Sandbox:
     try:
         with anyio.fail_after(spec.startup_timeout):
             venv = await ensure_venv(spec)
-            child = await anyio.to_thread.run_sync(
-                lambda: spawn_worker(venv.python, label=spec.label, env=_child_env(str(venv.path)))
-            )
+            try:  # the child inherits the venv's in-use lock, so no prune removes it meanwhile
+                child = await anyio.to_thread.run_sync(
+                    lambda: spawn_worker(
+                        venv.python,
+                        label=spec.label,
+                        env=_child_env(str(venv.path)),
+                        keep_fds=(venv.in_use_fd,),
+                    )
+                )
+            finally:
+                os.close(venv.in_use_fd)
             return await _handshake(spec, child)
     except TimeoutError:
         if child is not None:

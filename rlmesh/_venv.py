@@ -1,24 +1,31 @@
 """The venv backend: build (or reuse) a sandbox virtualenv with uv, content-addressed.
 
-A sandbox venv lives at ``<cache>/venvs/<key>``. The key hashes everything that changes what
-gets installed: the interpreter (real path and version), uv's version, the requirement set,
-the rlmesh that goes in, and the protocol version. Construction kwargs and ``render_mode``
-are not part of it.
+A sandbox venv lives at ``<cache>/venvs/<key>`` (layout and locks: ``_cache``). The key hashes
+everything that changes what gets installed: the interpreter (real path and version), uv's
+version, the normalised requirement set (with the content hash of local wheels and project
+directories), the rlmesh that goes in, and the protocol version. Construction kwargs and
+``render_mode`` are not part of it.
 
-A build happens under a per-key file lock, in a temporary directory beside the final one,
+A build runs under the key's exclusive lock, in a temporary directory beside the final one,
 and is published with one atomic rename after a completion marker is written, so a build
-killed at any moment leaves nothing a later run mistakes for a finished venv; leftovers of
-dead builds are removed by the next build of the same key.
+killed at any moment leaves nothing a later run mistakes for a finished venv.
+
+Packages are *copied* from uv's cache (``--link-mode=copy``), never hard-linked: code in one
+sandbox that writes into its own site-packages cannot change uv's cache or another sandbox.
+Bytecode is compiled for what the worker imports as the last build step (a check that the venv
+works, too); anything else compiles on first import.
 
 The rlmesh that runs in the sandbox is, by default, a copy of the host's own package files
 (so the two can never disagree on the protocol); ``rlmesh_package`` installs a wheel or a
 published release instead, always without its host-side dependencies.
+
+``RLMESH_OFFLINE=1`` builds from uv's cache alone; without it, a build that fails for want of
+the network is retried offline once.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -27,50 +34,58 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import anyio
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from . import _cache
 from ._errors import SandboxBuildError
 from ._protocol import PROTOCOL_VERSION
 from ._spec import SandboxSpec
 
-__all__ = ["Venv", "cache_dir", "ensure_venv", "sandbox_requirements"]
+__all__ = ["Venv", "ensure_venv", "sandbox_requirements", "venv_key"]
 
 log = logging.getLogger("rlmesh.build")
 
-CACHE_ENV = "RLMESH_CACHE_DIR"
-MARKER = "rlmesh-sandbox.json"
-LAYOUT = 1  # bump when the venv layout changes in a way old venvs cannot serve
+OFFLINE_ENV = "RLMESH_OFFLINE"
+LAYOUT = 2  # bump when the venv layout changes in a way old venvs cannot serve
+HEARTBEAT = 2.0  # seconds between "still building" messages
 _PACKAGE_DIR = Path(__file__).resolve().parent
+_NETWORK_HINTS = (
+    "failed to fetch",
+    "error sending request",
+    "dns error",
+    "connection refused",
+    "network is unreachable",
+    "timed out",
+    "could not connect",
+)
+_SKIP_DIRS = {"__pycache__", ".git", "build", "dist", ".nox", ".venv", ".tox"}
 
 
 @dataclass(frozen=True)
 class Venv:
-    """A finished sandbox virtualenv."""
+    """A finished sandbox virtualenv, held in use through ``in_use_fd`` (close it when done)."""
 
     path: Path
     key: str
+    in_use_fd: int
 
     @property
     def python(self) -> Path:
         return self.path / "bin" / "python"
 
 
-def cache_dir() -> Path:
-    """The rlmesh cache root: ``$RLMESH_CACHE_DIR``, else ``$XDG_CACHE_HOME/rlmesh``."""
-    override = os.environ.get(CACHE_ENV)
-    if override:
-        return Path(override).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "rlmesh"
+def offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes", "on")
 
 
+@functools.cache
 def _dist_version(name: str) -> str | None:
     try:
         return metadata.version(name)
@@ -97,11 +112,34 @@ def sandbox_requirements(spec: SandboxSpec) -> list[str]:
     return reqs
 
 
+def _normalise(item: str) -> str:
+    try:
+        req = Requirement(item)
+    except InvalidRequirement:
+        return item  # a local path
+    req.name = canonicalize_name(req.name)
+    return str(req)
+
+
 def _hash_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def _hash_tree(root: Path) -> str:
+    """Content hash of a local project directory (build outputs and caches left out)."""
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in _SKIP_DIRS and not d.endswith(".egg-info")
+        )
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            digest.update(str(path.relative_to(root)).encode() + b"\0")
+            digest.update(_hash_file(path).encode())
     return digest.hexdigest()
 
 
@@ -113,15 +151,20 @@ def _package_files() -> list[Path]:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def _own_hash() -> str:
+    digest = hashlib.sha256()
+    for path in _package_files():
+        digest.update(str(path.relative_to(_PACKAGE_DIR)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def _rlmesh_item(spec: SandboxSpec) -> dict[str, str]:
     """How rlmesh goes into the sandbox, with what identifies it for the cache key."""
     choice = spec.rlmesh_package
     if choice is None:
-        digest = hashlib.sha256()
-        for path in _package_files():
-            digest.update(str(path.relative_to(_PACKAGE_DIR)).encode() + b"\0")
-            digest.update(path.read_bytes() + b"\0")
-        return {"mode": "copy", "hash": digest.hexdigest()}
+        return {"mode": "copy", "hash": _own_hash()}
     if choice == "local":
         dist = _PACKAGE_DIR.parent / "dist"
         wheels = sorted(dist.glob("rlmesh-*.whl"), key=lambda p: p.stat().st_mtime)
@@ -137,21 +180,24 @@ def _rlmesh_item(spec: SandboxSpec) -> dict[str, str]:
     return {"mode": "install", "target": choice}
 
 
-def _key_inputs(spec: SandboxSpec) -> dict[str, Any]:
-    reqs = sandbox_requirements(spec)
-    files = {}
+def key_inputs(spec: SandboxSpec) -> dict[str, Any]:
+    """Everything the cache key covers, as plain data (also stored in the venv's marker)."""
+    reqs = sorted(_normalise(item) for item in sandbox_requirements(spec))
+    local = {}
     for item in reqs:
         path = Path(item)
         if path.is_file():
-            files[item] = _hash_file(path)
+            local[item] = _hash_file(path)
+        elif path.is_dir():
+            local[item] = _hash_tree(path)
     return {
         "layout": LAYOUT,
         "protocol": PROTOCOL_VERSION,
         "python": os.path.realpath(getattr(sys, "_base_executable", sys.executable)),
         "python_version": sys.version,
         "uv": _dist_version("uv"),
-        "requirements": sorted(reqs),
-        "files": files,
+        "requirements": reqs,
+        "local": local,
         "rlmesh": _rlmesh_item(spec),
     }
 
@@ -162,7 +208,7 @@ def venv_key(inputs: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
-def _uv() -> str:
+def uv_binary() -> str:
     from uv import find_uv_bin
 
     return str(find_uv_bin())
@@ -175,121 +221,161 @@ def _uv_env() -> dict[str, str]:
     return env
 
 
-async def _run_uv(args: list[str], spec: SandboxSpec, step: str) -> None:
-    cmd = [_uv(), *args]
-    log.debug("%s: %s", spec.label, " ".join(cmd))
-    result = await anyio.run_process(cmd, env=_uv_env(), check=False)
-    if result.returncode != 0:
-        text = (result.stderr or b"").decode("utf-8", "replace")
-        text += (result.stdout or b"").decode("utf-8", "replace")
-        tail = "\n".join(text.strip().splitlines()[-30:])
-        raise SandboxBuildError(
-            f"building the sandbox for {spec.label!r} failed while {step} "
-            f"(uv exited with {result.returncode}); check the package names and versions",
-            source=spec.label,
-            output_tail=tail,
-        )
+class _Progress:
+    """Says what a build is doing: on a terminal to stderr, otherwise through ``logging``."""
 
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = time.monotonic()
+        stream = sys.stderr
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
 
-@contextlib.asynccontextmanager
-async def _file_lock(path: Path) -> AsyncIterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        delay = 0.01
+    def say(self, text: str) -> None:
+        if self.tty:
+            print(f"rlmesh: {self.label}: {text}", file=sys.stderr, flush=True)
+        log.info("%s: %s", self.label, text)
+
+    async def heartbeat(self, step: str) -> None:
         while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                await anyio.sleep(delay)  # another build of this key runs; it is bounded
-                delay = min(delay * 2, 0.2)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+            await anyio.sleep(HEARTBEAT)
+            self.say(f"still {step} ({time.monotonic() - self.started:.0f} s)")
 
 
-def _site_packages(venv: Path) -> Path:
-    return venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+async def _run(cmd: list[str], progress: _Progress, step: str) -> tuple[int, str]:
+    log.debug("%s: %s", progress.label, " ".join(cmd))
+    async with anyio.create_task_group() as group:
+        group.start_soon(progress.heartbeat, step)
+        result = await anyio.run_process(cmd, env=_uv_env(), check=False)
+        group.cancel_scope.cancel()
+    text = (result.stderr or b"").decode("utf-8", "replace")
+    text += (result.stdout or b"").decode("utf-8", "replace")
+    return result.returncode, "\n".join(text.strip().splitlines()[-30:])
 
 
-def _copy_rlmesh(venv: Path) -> None:
-    target = _site_packages(venv) / "rlmesh"
-    for path in _package_files():
-        dest = target / path.relative_to(_PACKAGE_DIR)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, dest)
+def _failed(spec: SandboxSpec, step: str, code: int, tail: str, hint: str) -> SandboxBuildError:
+    return SandboxBuildError(
+        f"building the sandbox for {spec.label!r} failed while {step} (exit status {code}); {hint}",
+        source=spec.label,
+        output_tail=tail,
+    )
 
 
-def _complete(path: Path) -> bool:
-    return (path / MARKER).is_file()
+async def _install(spec: SandboxSpec, progress: _Progress, args: list[str], step: str) -> None:
+    """``uv pip install``, offline if asked, or offline again if the network failed."""
+    base = [uv_binary(), "pip", "install", "--quiet", "--link-mode=copy", *args]
+    if offline():
+        code, tail = await _run([*base, "--offline"], progress, step)
+        if code:
+            raise _failed(
+                spec, step, code, tail,
+                f"{OFFLINE_ENV} is set, so only uv's cache was used and it lacks what uv names "
+                "below; run once with network access (or 'rlmesh sandbox prepare' where there "
+                "is one) to fill the cache",
+            )  # fmt: skip
+        return
+    code, tail = await _run(base, progress, step)
+    if code and any(hint in tail.lower() for hint in _NETWORK_HINTS):
+        progress.say("the package index is unreachable; trying again from uv's cache alone")
+        code, tail = await _run([*base, "--offline"], progress, f"{step} (offline)")
+        if code:
+            raise _failed(
+                spec, step, code, tail,
+                "the package index could not be reached and uv's cache lacks what uv names "
+                "below; connect to the network once to fill the cache",
+            )  # fmt: skip
+    elif code:
+        raise _failed(spec, step, code, tail, "check the package names and versions")
 
 
 async def ensure_venv(spec: SandboxSpec) -> Venv:
-    """Return the sandbox venv for ``spec``, building it once if it is not cached."""
-    inputs = _key_inputs(spec)
+    """Return the sandbox venv for ``spec`` (in use until ``in_use_fd`` is closed).
+
+    Builds it once if it is not cached; concurrent callers, in this process or others, wait
+    for that one build and reuse it.
+    """
+    inputs = key_inputs(spec)
     key = venv_key(inputs)
-    root = cache_dir() / "venvs"
-    final = root / key
-    if _complete(final):
-        return Venv(final, key)
-    async with _file_lock(root / f".{key}.lock"):
-        if _complete(final):
-            return Venv(final, key)
-        for stale in root.glob(f".tmp-{key}-*"):  # dead builds of this key: we hold the lock
-            shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():  # not complete, yet not ours: a foreign leftover; move it aside
-            shutil.rmtree(final, ignore_errors=True)
-        tmp = root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-        started = time.monotonic()
-        log.info("building sandbox venv for %s (key %s)", spec.label, key)
-        try:
-            await _build(spec, inputs, tmp)
-            (tmp / MARKER).write_text(
-                json.dumps(
-                    {"key": key, "source": spec.label, "created": time.time(), "inputs": inputs},
-                    indent=2,
-                )
-            )
-            os.rename(tmp, final)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(shutil.rmtree, tmp, True)
-            raise
-        log.info("built sandbox venv for %s in %.1f s", spec.label, time.monotonic() - started)
-    return Venv(final, key)
+    final = _cache.venvs_dir() / key
+    fd = _cache.open_in_use(final)
+    if fd is not None:
+        return Venv(final, key, fd)
+    lock = await _acquire_build_lock(key)
+    try:
+        fd = _cache.open_in_use(final)
+        if fd is None:
+            await _build_and_publish(spec, inputs, key, final)
+            fd = _cache.open_in_use(final)
+        if fd is None:
+            raise SandboxBuildError(f"the sandbox venv {final} vanished right after its build")
+    finally:
+        os.close(lock)
+    return Venv(final, key, fd)
 
 
-async def _build(spec: SandboxSpec, inputs: dict[str, Any], tmp: Path) -> None:
-    python = inputs["python"]
-    await _run_uv(
-        ["venv", "--quiet", "--relocatable", "--python", python, str(tmp)],
-        spec,
-        "creating the virtualenv",
-    )
+async def _acquire_build_lock(key: str) -> int:
+    delay = 0.01
+    while True:
+        fd = _cache.try_build_lock(key)
+        if fd is not None:
+            return fd
+        await anyio.sleep(delay)  # another build of this key runs (bounded by startup_timeout)
+        delay = min(delay * 2, 0.2)
+
+
+async def _build_and_publish(
+    spec: SandboxSpec, inputs: dict[str, Any], key: str, final: Path
+) -> None:
+    root = final.parent
+    for stale in root.glob(f".tmp-{key}-*"):  # dead builds of this key: we hold the lock
+        shutil.rmtree(stale, ignore_errors=True)
+    if final.exists():  # not complete, yet not ours: a foreign leftover
+        shutil.rmtree(final, ignore_errors=True)
+    tmp = root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+    progress = _Progress(spec.label)
+    progress.say(f"building sandbox venv (key {key})")
+    try:
+        await _build(spec, inputs, tmp, progress)
+        marker = {"key": key, "source": spec.label, "created": time.time(), "inputs": inputs}
+        (tmp / _cache.MARKER).write_text(json.dumps(marker, indent=2))
+        os.rename(tmp, final)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(shutil.rmtree, tmp, True)
+        raise
+    progress.say(f"built sandbox venv in {time.monotonic() - progress.started:.1f} s")
+
+
+async def _build(spec: SandboxSpec, inputs: dict[str, Any], tmp: Path, progress: _Progress) -> None:
+    step = "creating the virtualenv"
+    cmd = [uv_binary(), "venv", "--quiet", "--relocatable", "--python", inputs["python"], str(tmp)]
+    code, tail = await _run(cmd, progress, step)
+    if code:
+        raise _failed(spec, step, code, tail, "check that the host interpreter works")
     item = inputs["rlmesh"]
     if item["mode"] == "copy":
         _copy_rlmesh(tmp)
     reqs = sandbox_requirements(spec)
-    venv_python = str(tmp / "bin" / "python")
-    log.info("%s: installing %s", spec.label, " ".join(reqs))
-    await _run_uv(
-        ["pip", "install", "--quiet", "--compile-bytecode", "--python", venv_python, *reqs],
-        spec,
-        f"installing {' '.join(reqs)}",
-    )
+    python = str(tmp / "bin" / "python")
+    progress.say(f"installing {' '.join(reqs)}")
+    await _install(spec, progress, ["--python", python, *reqs], f"installing {' '.join(reqs)}")
     if item["mode"] == "install":
-        await _run_uv(
-            [
-                "pip",
-                "install",
-                "--quiet",
-                "--no-deps",
-                "--compile-bytecode",
-                "--python",
-                venv_python,
-                item["target"],
-            ],
-            spec,
-            f"installing rlmesh from {item['target']}",
-        )
+        target = item["target"]
+        await _install(spec, progress, ["--no-deps", "--python", python, target],
+                       f"installing rlmesh from {target}")  # fmt: skip
+    step = "checking the worker imports (and compiling their bytecode)"
+    progress.say(step)
+    check = "import rlmesh._worker, numpy, gymnasium, msgpack, cloudpickle"
+    result = await anyio.run_process([python, "-I", "-c", check], check=False)
+    if result.returncode:
+        tail = (result.stderr or b"").decode("utf-8", "replace").strip()
+        raise _failed(spec, step, result.returncode, tail[-3000:],
+                      "the installed packages do not import together")  # fmt: skip
+
+
+def _copy_rlmesh(venv: Path) -> None:
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    target = venv / "lib" / version / "site-packages" / "rlmesh"
+    for path in _package_files():
+        dest = target / path.relative_to(_PACKAGE_DIR)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import pty
 import shutil
 import signal
 import subprocess
@@ -11,9 +13,12 @@ from pathlib import Path
 
 import gymnasium as gym
 import pytest
+from sandbox_options import TEST_ENVS
 
+from rlmesh import SandboxBuildError
+from rlmesh._cache import MARKER
 from rlmesh._spec import make_spec
-from rlmesh._venv import MARKER, _key_inputs, venv_key
+from rlmesh._venv import key_inputs, venv_key
 from rlmesh.numpy import SandboxEnv
 
 pytestmark = pytest.mark.sandbox
@@ -36,16 +41,16 @@ def packages(tag: str) -> list[str]:
 
 def fresh_key(pkgs: list[str]) -> str:
     """The cache key of ``pkgs``, with any venv of it removed (RLMESH_TEST_CACHE may persist)."""
-    key = venv_key(_key_inputs(make_spec("CartPole-v1", packages=pkgs)))
+    key = venv_key(key_inputs(make_spec("CartPole-v1", packages=pkgs)))
     shutil.rmtree(Path(os.environ["RLMESH_CACHE_DIR"]) / "venvs" / key, ignore_errors=True)
     return key
 
 
 def test_key_ignores_kwargs_and_render_mode_but_not_requirements() -> None:
-    base = _key_inputs(make_spec("CartPole-v1"))
-    assert _key_inputs(make_spec("CartPole-v1", render_mode="ansi", make_kwargs={"foo": 1})) == base
-    assert _key_inputs(make_spec("Pendulum-v1")) == base
-    assert venv_key(_key_inputs(make_spec("CartPole-v1", packages=["numpy<3"]))) != venv_key(base)
+    base = key_inputs(make_spec("CartPole-v1"))
+    assert key_inputs(make_spec("CartPole-v1", render_mode="ansi", make_kwargs={"foo": 1})) == base
+    assert key_inputs(make_spec("Pendulum-v1")) == base
+    assert venv_key(key_inputs(make_spec("CartPole-v1", packages=["numpy<3"]))) != venv_key(base)
 
 
 def test_eight_processes_build_once_and_all_run(tmp_path: Path) -> None:
@@ -95,3 +100,84 @@ def test_a_build_killed_mid_install_leaves_nothing_that_passes_for_a_venv() -> N
         assert env.step(1)[0].shape == (4,)
     assert (venvs / key / MARKER).is_file()
     assert not list(venvs.glob(f".tmp-{key}-*"))
+
+
+def site_file(env: SandboxEnv, relative: str) -> Path:
+    venv = Path(env.sandbox_versions["executable"]).parent.parent
+    return next((venv / "lib").glob(f"python*/site-packages/{relative}"))
+
+
+def test_an_env_writing_into_its_site_packages_changes_no_other_venv_nor_uvs_cache() -> None:
+    uv_cache = Path(os.environ["UV_CACHE_DIR"])
+    with SandboxEnv("CartPole-v1", packages=packages("0.0.4")) as other:
+        other_numpy = site_file(other, "numpy/__init__.py")
+    cached = {p: p.read_bytes() for p in uv_cache.rglob("numpy/__init__.py")}
+    assert cached, "uv's cache holds numpy's files"
+    before = other_numpy.read_bytes()
+    pkgs = [*TEST_ENVS["packages"], "msgpack>=1.0,!=0.0.3"]
+    fresh_key(pkgs)
+    with SandboxEnv("rlmesh_test/Faulty-v0", mode="tamper", packages=pkgs,
+                    imports=TEST_ENVS["imports"]) as tamperer:  # fmt: skip
+        tamperer.reset()
+        own = site_file(tamperer, "numpy/__init__.py")
+    assert own.read_bytes().endswith(b"# tampered by a sandboxed env\n")  # it did write
+    assert own.stat().st_nlink == 1  # a copy, not a hard link into uv's cache
+    assert other_numpy.read_bytes() == before
+    assert {p: p.read_bytes() for p in cached} == cached
+
+
+def test_offline_builds_from_uvs_cache_and_names_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with SandboxEnv("CartPole-v1") as env:  # everything it needs is in uv's cache now
+        env.reset(seed=0)
+    monkeypatch.setenv("RLMESH_OFFLINE", "1")
+    pkgs = packages("0.0.6")
+    fresh_key(pkgs)
+    with SandboxEnv("CartPole-v1", packages=pkgs) as env:
+        env.reset(seed=0)
+        assert env.step(0)[0].shape == (4,)
+    with pytest.raises(SandboxBuildError, match=r"(?s)RLMESH_OFFLINE.*rlmesh-no-such-package"):
+        SandboxEnv("CartPole-v1", packages=["rlmesh-no-such-package==0.0.1"])
+
+
+def test_build_progress_goes_to_logging_with_a_heartbeat(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("rlmesh._venv.HEARTBEAT", 0.05)
+    caplog.set_level(logging.INFO, logger="rlmesh.build")
+    pkgs = packages("0.0.10")
+    fresh_key(pkgs)
+    with SandboxEnv("CartPole-v1", packages=pkgs):
+        pass
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name == "rlmesh.build")
+    for expected in ("building sandbox venv", "installing gymnasium==", "still ",
+                     "checking the worker imports", "built sandbox venv in"):  # fmt: skip
+        assert expected in text, text
+
+
+def test_build_progress_is_printed_on_a_terminal() -> None:
+    pkgs = packages("0.0.11")
+    fresh_key(pkgs)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CREATE, *pkgs],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave,
+    )  # fmt: skip
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert proc.wait(120) == 0
+    assert proc.stdout is not None and proc.stdout.read().startswith(b"OK")
+    proc.stdout.close()
+    shown = b"".join(chunks).decode()
+    assert "rlmesh: CartPole-v1: building sandbox venv" in shown
+    assert "rlmesh: CartPole-v1: built sandbox venv in" in shown

@@ -44,7 +44,7 @@ class FaultyEnv(gym.Env):
     exit        step() calls os._exit(3)
     print       step() prints to stdout, stderr and fd 1 directly
     messy       returns Python ints, an unserialisable info entry and CustomBox/Weird spaces
-    slow_close  close() prints then returns (checks close is awaited)
+    tamper      reset() appends a comment to numpy/__init__.py in its own site-packages
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -60,6 +60,9 @@ class FaultyEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self.t = 0
+        if self.mode == "tamper":
+            with open(np.__file__, "a") as handle:
+                handle.write("\n# tampered by a sandboxed env\n")
         return np.zeros(2, np.float32), {"options": options}
 
     def step(self, action: Any):

@@ -1,0 +1,217 @@
+"""The ``rlmesh`` command (also ``python -m rlmesh``): prepare sandboxes, manage the cache.
+
+Exit codes: 0 success, 1 the operation failed (a sandbox error, a doctor check failed),
+2 bad usage (an unknown option, a malformed source or duration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import _cache
+from ._errors import SandboxError
+from ._version import __version__
+
+__all__ = ["main"]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(text: str) -> float:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m, 12h or 7d")
+    return float(match[1]) * _UNITS[match[2] or "s"]
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _ago(then: float) -> str:
+    seconds = max(0.0, time.time() - then)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from ._sync_env import SandboxEnv
+
+    started = time.monotonic()
+    with SandboxEnv(
+        args.source,
+        packages=args.package,
+        imports=args.imports,
+        rlmesh_package=args.rlmesh_package,
+        startup_timeout=args.timeout,
+    ) as env:
+        env.reset(seed=0)
+        venv = Path(env.sandbox_versions["executable"]).parent.parent
+        versions = env.sandbox_versions
+    print(
+        f"ready: {args.source} in {venv} (python {versions['python']}, gymnasium "
+        f"{versions['gymnasium']}, numpy {versions['numpy']}; {time.monotonic() - started:.1f} s)"
+    )
+    return 0
+
+
+def _cache_path(args: argparse.Namespace) -> int:
+    print(_cache.cache_dir())
+    return 0
+
+
+def _cache_list(args: argparse.Namespace) -> int:
+    entries = _cache.list_entries()
+    if args.json:
+        rows = [
+            {
+                "key": e.key, "source": e.source, "requirements": list(e.requirements),
+                "size": e.size, "created": e.created, "last_used": e.last_used,
+                "in_use": e.in_use, "path": str(e.path),
+            }
+            for e in entries
+        ]  # fmt: skip
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not entries:
+        print(f"no sandbox venvs in {_cache.venvs_dir()}")
+        return 0
+    print(f"{'KEY':24}  {'SOURCE':24}  {'SIZE':>9}  {'LAST USED':>9}  IN USE  PACKAGES")
+    for e in entries:
+        packages = " ".join(e.requirements)
+        print(
+            f"{e.key:24}  {e.source[:24]:24}  {_size(e.size):>9}  {_ago(e.last_used):>9}  "
+            f"{'yes' if e.in_use else 'no':6}  {packages}"
+        )
+    return 0
+
+
+def _cache_prune(args: argparse.Namespace) -> int:
+    if not args.all and args.older_than is None:
+        print("nothing selected: pass --all or --older-than DURATION (e.g. 7d); leftovers of "
+              "dead builds are removed either way", file=sys.stderr)  # fmt: skip
+    removed = _cache.prune(older_than=args.older_than, everything=args.all)
+    for key in removed:
+        print(f"removed {key}")
+    kept = [e for e in _cache.list_entries() if e.in_use]
+    for entry in kept:
+        print(f"kept {entry.key} (in use)")
+    print(f"{len(removed)} removed")
+    return 0
+
+
+def _check(ok: bool, what: str, detail: str) -> bool:
+    print(f"[{'ok' if ok else 'FAIL'}] {what}: {detail}")
+    return ok
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from ._venv import offline, uv_binary
+
+    good = True
+    print(f"rlmesh {__version__}")
+    good &= _check(True, "python", f"{sys.version.split()[0]} at {sys.executable}")
+    try:
+        uv = uv_binary()
+        out = subprocess.run([uv, "--version"], capture_output=True, text=True, timeout=30)
+        good &= _check(out.returncode == 0, "uv", f"{out.stdout.strip()} at {uv}")
+    except Exception as exc:  # a missing or broken uv binary
+        good &= _check(False, "uv", repr(exc))
+    root = _cache.cache_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        writable = os.access(root, os.W_OK)
+    except OSError:
+        writable = False
+    entries = _cache.list_entries() if writable else []
+    size = sum(e.size for e in entries)
+    good &= _check(writable, "cache", f"{root} ({len(entries)} venvs, {_size(size)})")
+    print(f"[info] offline mode: {'on' if offline() else 'off'} (RLMESH_OFFLINE)")
+    print("[ok] backend venv: uv virtualenvs with the host interpreter")
+    docker = shutil.which("docker")
+    print(f"[info] backend docker: {'client at ' + docker if docker else 'no docker client'}; "
+          "base_image sandboxes are not implemented yet")  # fmt: skip
+    bwrap = shutil.which("bwrap")
+    print(f"[info] bubblewrap: {bwrap or 'not installed'}")
+    return 0 if good else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlmesh", description="Sandboxed Gymnasium environments: prepare and manage them."
+    )
+    parser.add_argument("--version", action="version", version=f"rlmesh {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sandbox = commands.add_parser("sandbox", help="work with sandboxes")
+    sandbox_commands = sandbox.add_subparsers(dest="sandbox_command", required=True)
+    prepare = sandbox_commands.add_parser(
+        "prepare", help="build a sandbox ahead of time and check that its env starts"
+    )
+    prepare.add_argument("source", help="a Gymnasium id such as CartPole-v1")
+    prepare.add_argument("--package", action="append", default=[], metavar="REQ",
+                         help="a requirement to install (repeatable)")  # fmt: skip
+    prepare.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module to import first (repeatable)",
+    )
+    prepare.add_argument("--rlmesh-package", default=None, help="as the rlmesh_package option")
+    prepare.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
+    prepare.set_defaults(func=_prepare)
+
+    cache = commands.add_parser("cache", help="the cache of sandbox venvs")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    cache_commands.add_parser("path", help="print the cache directory").set_defaults(
+        func=_cache_path
+    )
+    listing = cache_commands.add_parser("list", help="list cached sandbox venvs")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=_cache_list)
+    prune = cache_commands.add_parser(
+        "prune", help="remove cached venvs that no sandbox uses (never one in use)"
+    )
+    prune.add_argument("--older-than", type=_duration, default=None, metavar="DURATION",
+                       help="remove venvs unused for this long (90s, 30m, 12h, 7d)")  # fmt: skip
+    prune.add_argument("--all", action="store_true", help="remove every venv not in use")
+    prune.set_defaults(func=_cache_prune)
+
+    doctor = commands.add_parser("doctor", help="report uv, Python, cache and backend status")
+    doctor.set_defaults(func=_doctor)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, TypeError) as exc:
+        print(f"rlmesh: error: {exc}", file=sys.stderr)
+        return 2
+    except SandboxError as exc:
+        print(f"rlmesh: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `rlmesh cache list | head`: the reader left, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
