@@ -49,3 +49,4 @@ def bench(session: nox.Session) -> None:
     """Run the benchmarks and print the ratios that docs/performance.md reports."""
     session.install("-e", ".")
     session.run("python", "benchmarks/step_latency.py", *session.posargs)
+    session.run("python", "benchmarks/warm_start.py")

@@ -181,3 +181,29 @@ def test_build_progress_is_printed_on_a_terminal() -> None:
     shown = b"".join(chunks).decode()
     assert "rlmesh: CartPole-v1: building sandbox venv" in shown
     assert "rlmesh: CartPole-v1: built sandbox venv in" in shown
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_tasks_in_one_process_build_once(caplog: pytest.LogCaptureFixture) -> None:
+    import anyio
+
+    from rlmesh.numpy import AsyncSandboxEnv
+
+    caplog.set_level(logging.INFO, logger="rlmesh.build")
+    pkgs = packages("0.0.12")
+    fresh_key(pkgs)
+    envs: list[AsyncSandboxEnv] = []
+
+    async def create() -> None:
+        envs.append(await AsyncSandboxEnv.create("CartPole-v1", packages=pkgs))
+
+    async with anyio.create_task_group() as group:
+        for _ in range(4):
+            group.start_soon(create)
+    for env in envs:
+        assert (await env.reset(seed=1))[0].shape == (4,)
+        await env.aclose()
+    assert len(envs) == 4
+    builds = [r for r in caplog.records if "building sandbox venv" in r.getMessage()]
+    assert len(builds) == 1

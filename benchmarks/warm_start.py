@@ -1,0 +1,107 @@
+"""Sandbox start-up: warm start against a bare interpreter, and the first build.
+
+warm start   from the SandboxEnv / AsyncSandboxEnv constructor call to the first reset()
+             result, with the venv already cached
+baseline     ``<venv python> -c "import gymnasium; gymnasium.make('CartPole-v1').reset(seed=0)"``
+             with that same venv's interpreter, measured in alternating rounds with the above
+first build  a fresh rlmesh cache (uv's own cache warm): the venv build, and the whole first
+             create-to-reset
+
+Run: ``python benchmarks/warm_start.py [--rounds N]``. Prints a Markdown table (seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+
+import anyio
+
+from rlmesh._spec import make_spec
+from rlmesh._venv import ensure_venv
+from rlmesh.numpy import AsyncSandboxEnv, SandboxEnv
+
+PACKAGES = ["gymnasium==1.3.0"]
+BASELINE = "import gymnasium; gymnasium.make('CartPole-v1').reset(seed=0)"
+
+
+def sync_start() -> float:
+    start = time.perf_counter()
+    env = SandboxEnv("CartPole-v1", packages=PACKAGES)
+    env.reset(seed=0)
+    elapsed = time.perf_counter() - start
+    env.close()
+    return elapsed
+
+
+async def _async_start() -> float:
+    start = time.perf_counter()
+    env = await AsyncSandboxEnv.create("CartPole-v1", packages=PACKAGES)
+    await env.reset(seed=0)
+    elapsed = time.perf_counter() - start
+    await env.aclose()
+    return elapsed
+
+
+def baseline(python: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([python, "-c", BASELINE], check=True)
+    return time.perf_counter() - start
+
+
+def first_build(rounds: int) -> tuple[float, float]:
+    """Median seconds of (the venv build alone, the whole first create-to-reset)."""
+    builds, creates = [], []
+    saved = os.environ.get("RLMESH_CACHE_DIR")
+    spec = make_spec("CartPole-v1", packages=PACKAGES)
+    try:
+        for _ in range(rounds):
+            with tempfile.TemporaryDirectory() as root:
+                os.environ["RLMESH_CACHE_DIR"] = root
+                start = time.perf_counter()
+                venv = anyio.run(ensure_venv, spec)
+                builds.append(time.perf_counter() - start)
+                os.close(venv.in_use_fd)
+            with tempfile.TemporaryDirectory() as root:
+                os.environ["RLMESH_CACHE_DIR"] = root
+                creates.append(sync_start())
+    finally:
+        if saved is None:
+            os.environ.pop("RLMESH_CACHE_DIR", None)
+        else:
+            os.environ["RLMESH_CACHE_DIR"] = saved
+    return statistics.median(builds), statistics.median(creates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    os.environ.setdefault("RLMESH_SANDBOX_ECHO", "0")
+    with SandboxEnv("CartPole-v1", packages=PACKAGES) as env:  # make sure the venv is cached
+        python = env.sandbox_versions["executable"]
+    samples: dict[str, list[float]] = {"baseline": [], "sync": [], "async": []}
+    for _ in range(args.rounds):
+        samples["baseline"].append(baseline(python))
+        samples["sync"].append(sync_start())
+        samples["async"].append(anyio.run(_async_start))
+    med = {name: statistics.median(values) for name, values in samples.items()}
+    build, create = first_build(3)
+    print(f"CartPole-v1, packages={PACKAGES}, median of {args.rounds} alternating rounds.\n")
+    print("| what | seconds | ratio to baseline | target |")
+    print("|---|---:|---:|---:|")
+    print(f"| baseline: venv python imports gymnasium, makes and resets | {med['baseline']:.3f} | "
+          "1.00x | |")  # fmt: skip
+    for face, name in (("sync", "SandboxEnv"), ("async", "AsyncSandboxEnv")):
+        print(f"| warm start: {name}(...) to first reset() | {med[face]:.3f} | "
+              f"**{med[face] / med['baseline']:.2f}x** | <= 1.3x |")  # fmt: skip
+    print(f"| first build of the venv (uv cache warm) | {build:.3f} | | < 3 s |")
+    print(f"| first create to first reset, build included | {create:.3f} | | |")
+
+
+if __name__ == "__main__":
+    main()
