@@ -1,4 +1,4 @@
-"""An async rollout loop: several sandboxed envs stepped concurrently, on asyncio and on trio."""
+"""An async rollout loop: 16 sandboxed envs stepped concurrently, on asyncio and on trio."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ async def rollout(env: AsyncSandboxEnv, seed: int) -> float:
 
 
 async def main() -> None:
-    envs = [await AsyncSandboxEnv.create("CartPole-v1") for _ in range(4)]
+    envs = [await AsyncSandboxEnv.create("CartPole-v1") for _ in range(16)]
     returns: dict[int, float] = {}
     try:
 

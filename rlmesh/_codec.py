@@ -17,6 +17,7 @@ code   Python type     payload
 7      complex         two little-endian float64
 8      GraphInstance   a msgpack array of (nodes, edges, edge_links)
 9      anything else   (child to host only) a msgpack array (type name, repr): RemoteObject
+10     object ndarray  a msgpack array (shape, flat list of its elements, each safe)
 =====  ==============  ========================================================
 
 Types are preserved exactly: dtypes, tuple vs list, ``np.int64`` vs ``int``, ``np.float32``
@@ -46,7 +47,7 @@ __all__ = [
     "unpack",
 ]
 
-ND, SCALAR, TUPLE, BIGINT, SET, FROZENSET, COMPLEX, GRAPH, OPAQUE = range(1, 10)
+ND, SCALAR, TUPLE, BIGINT, SET, FROZENSET, COMPLEX, GRAPH, OPAQUE, OBJARRAY = range(1, 11)
 
 _ExtType = msgpack.ExtType
 _tuple_new = tuple.__new__
@@ -159,6 +160,8 @@ class Encoder:
             dtype = obj.dtype
             cached = self._headers.get((id(dtype), obj.shape))
             if cached is None or cached[0] is not dtype:
+                if dtype.kind == "O":  # elements travel one by one, each through this codec
+                    return _ext(OBJARRAY, self._nested((list(obj.shape), list(obj.ravel()))))
                 if dtype.hasobject and self._opaque:
                     return self._opaque_value(obj)
                 cached = (dtype, _nd_header(obj))
@@ -310,6 +313,12 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
         nodes, edges, links = _nested_list(data)
         return GraphInstance(nodes, edges, links)
+    if code == OBJARRAY:
+        shape, items = _nested_list(data)
+        array = np.empty(len(items), dtype=object)
+        for index, item in enumerate(items):  # one by one: equal-shape arrays must not merge
+            array[index] = item
+        return array.reshape(shape)
     if code == OPAQUE:
         type_name, text = _nested_list(data)
         return RemoteObject(str(type_name), str(text))

@@ -166,13 +166,15 @@ class ChildProcess:
             self._popen.kill()
 
     def abandon(self) -> None:
-        """Kill the child and release our pipe ends without waiting (GC and broken sandboxes).
+        """Kill the child and release our pipe ends (GC and broken sandboxes).
 
-        The zombie is reaped by ``subprocess`` later, or by ``stop()``.
+        Waits at most a second to reap it; ``stop()`` finishes the job if that was not enough.
         """
         self.kill()
         with self._lock:
             self._close_fds()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._popen.wait(1.0)  # SIGKILL is quick; reaping now spares a zombie
 
     def stop(self, grace: float = 3.0) -> int | None:
         """Stop the child: EOF first, then SIGTERM, then SIGKILL. Idempotent and bounded.

@@ -7,6 +7,7 @@ first item is the message kind::
 
     host -> child   [MAKE, request] [RESET, seed, options] [STEP, action] [RENDER] [CLOSE]
                     [SPACE_SAMPLE, which] [SPACE_CONTAINS, which, value]
+                    [CALL, name, args, kwargs] [GET_ATTR, name] [SET_ATTR, name, values]
                     [PICKLED, cloudpickle bytes of one of the above]   (host -> child only)
     child -> host   [HELLO, versions]  once, unprompted, first
                     [OK, *values]      the reply to a request
@@ -43,6 +44,7 @@ MAX_PREAMBLE = 64 * 1024  # bytes tolerated before MAGIC (stdio transports only)
 
 # Message kinds.
 MAKE, RESET, STEP, RENDER, CLOSE, SPACE_SAMPLE, SPACE_CONTAINS, PICKLED = range(1, 9)
+CALL, GET_ATTR, SET_ATTR = range(9, 12)  # vector envs: env.call / get_attr / set_attr
 HELLO, OK, ERROR = 100, 101, 102
 
 _HEADER = struct.Struct("<I")

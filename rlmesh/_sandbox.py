@@ -63,6 +63,7 @@ class Sandbox:
     metadata: dict[str, Any]
     render_mode: str | None
     env_spec: dict[str, Any] | None
+    num_envs: int | None = None  # for vector envs: sub-envs in this sandbox
 
 
 def _child_env(venv_path: str) -> dict[str, str]:
@@ -73,7 +74,7 @@ def _child_env(venv_path: str) -> dict[str, str]:
     return env
 
 
-def _make_request(spec: SandboxSpec) -> list[Any]:
+def _make_request(spec: SandboxSpec, vector: dict[str, Any] | None) -> list[Any]:
     return [
         P.MAKE,
         {
@@ -81,15 +82,24 @@ def _make_request(spec: SandboxSpec) -> list[Any]:
             "imports": list(spec.imports),
             "render_mode": spec.render_mode,
             "kwargs": dict(spec.make_kwargs),
+            "vector": vector,
         },
     ]
 
 
-async def start_sandbox(spec: SandboxSpec) -> Sandbox:
+async def start_sandbox(
+    spec: SandboxSpec, vector: dict[str, Any] | None = None, label: str | None = None
+) -> Sandbox:
     """Build (or reuse) the sandbox for ``spec``, start its worker and make the env.
+
+    Args:
+        spec: The validated options.
+        vector: For a vector env: ``num_envs``, ``vectorization_mode``, ``autoreset_mode``.
+        label: How messages name this sandbox (default: the source).
 
     Bounded by ``spec.startup_timeout`` in all; on any failure the child is stopped.
     """
+    name = label or spec.label
     if spec.base_image is not None:
         raise NotImplementedError(
             "the Docker backend (base_image=...) is not available yet; leave base_image unset "
@@ -107,20 +117,20 @@ async def start_sandbox(spec: SandboxSpec) -> Sandbox:
                 child = await anyio.to_thread.run_sync(
                     lambda: spawn_worker(
                         venv.python,
-                        label=spec.label,
+                        label=name,
                         env=_child_env(str(venv.path)),
                         keep_fds=(venv.in_use_fd,),
                     )
                 )
             finally:
                 os.close(venv.in_use_fd)
-            return await _handshake(spec, child)
+            return await _handshake(spec, child, vector, name)
     except TimeoutError:
         if child is not None:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(child.stop, 0.5)
         raise SandboxTimeoutError(
-            f"the sandbox for {spec.label!r} was not ready within startup_timeout="
+            f"the sandbox for {name!r} was not ready within startup_timeout="
             f"{spec.startup_timeout:g} s (this includes building its virtualenv)"
         ) from None
     except BaseException:
@@ -130,13 +140,15 @@ async def start_sandbox(spec: SandboxSpec) -> Sandbox:
         raise
 
 
-async def _handshake(spec: SandboxSpec, child: ChildProcess) -> Sandbox:
+async def _handshake(
+    spec: SandboxSpec, child: ChildProcess, vector: dict[str, Any] | None, name: str
+) -> Sandbox:
     reader = P.FrameReader()
     channel = AsyncChannel(child, reader)
 
     def failed(message: str) -> SandboxStartupError:
         return SandboxStartupError(
-            f"the sandbox for {spec.label!r} (pid {child.pid}) failed to start: {message}",
+            f"the sandbox for {name!r} (pid {child.pid}) failed to start: {message}",
             source=spec.label,
             pid=child.pid,
             stderr_tail=child.output_tail(),
@@ -148,7 +160,7 @@ async def _handshake(spec: SandboxSpec, child: ChildProcess) -> Sandbox:
         if mismatch:
             raise failed(mismatch)
         encoder = P.RequestEncoder()
-        reply = await channel.request(encoder.encode(_make_request(spec)), "make")
+        reply = await channel.request(encoder.encode(_make_request(spec, vector)), "make")
         if reply[0] != P.OK or len(reply) != 2 or not isinstance(reply[1], dict):
             P.raise_for_reply(reply, 2)
         info = reply[1]
@@ -162,6 +174,7 @@ async def _handshake(spec: SandboxSpec, child: ChildProcess) -> Sandbox:
             metadata=dict(info.get("metadata") or {}),
             render_mode=info.get("render_mode"),
             env_spec=info.get("spec"),
+            num_envs=info.get("num_envs"),
         )
     except RemoteEnvError as exc:
         raise failed(f"{exc.remote_type}: {exc.remote_message}\n{exc.remote_traceback}") from None
@@ -169,6 +182,41 @@ async def _handshake(spec: SandboxSpec, child: ChildProcess) -> Sandbox:
         raise failed(f"the worker exited ({exc.exit_code}) before it was ready") from None
     except (ProtocolError, KeyError, TypeError, ValueError) as exc:
         raise failed(f"bad startup reply: {exc}") from None
+
+
+async def start_vector_sandboxes(
+    spec: SandboxSpec, sizes: list[int], vectorization_mode: str, autoreset_mode: str | None
+) -> list[Sandbox]:
+    """Start one vector-env sandbox per entry of ``sizes`` (sub-envs each), concurrently.
+
+    They share one venv (built once). If any fails, the others are stopped.
+    """
+    started: list[Sandbox | None] = [None] * len(sizes)
+
+    async def start(index: int, size: int) -> None:
+        vector = {
+            "num_envs": size,
+            "vectorization_mode": vectorization_mode,
+            "autoreset_mode": autoreset_mode,
+        }
+        label = spec.label if len(sizes) == 1 else f"{spec.label} [worker {index}/{len(sizes)}]"
+        started[index] = await start_sandbox(spec, vector, label)
+
+    try:
+        async with anyio.create_task_group() as group:
+            for index, size in enumerate(sizes):
+                group.start_soon(start, index, size)
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            for sandbox in started:
+                if sandbox is not None:
+                    await anyio.to_thread.run_sync(sandbox.child.stop, 1.0)
+        inner = getattr(exc, "exceptions", None)  # a task group's exception group
+        if inner:
+            first = next((e for e in inner if isinstance(e, SandboxError)), inner[0])
+            raise first from None
+        raise
+    return [sandbox for sandbox in started if sandbox is not None]
 
 
 def host_env_spec(sandbox: Sandbox) -> EnvSpec | None:

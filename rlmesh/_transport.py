@@ -91,14 +91,34 @@ class BlockingChannel(_Base):
         """Send one request payload and return the decoded reply message."""
         with self._lock:
             deadline = None if timeout is None else time.monotonic() + timeout
-            while self._unanswered:
-                self._receive(what, deadline, timeout)
-                self._unanswered -= 1
-            self._send(P.frame_header(len(payload)) + payload, what, deadline, timeout)
-            self._unanswered += 1
+            self._post(payload, what, deadline, timeout)
             message = self._receive(what, deadline, timeout)
             self._unanswered -= 1
             return message
+
+    def send(self, payload: bytes, what: str, timeout: float | None = None) -> None:
+        """First half of a split request (vector ``step_async``); ``receive`` completes it.
+
+        The caller serialises use (vector envs are single-user, as in Gymnasium).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._post(payload, what, deadline, timeout)
+
+    def receive(self, what: str, timeout: float | None = None) -> list[Any]:
+        """The reply to the oldest request sent with ``send``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        message = self._receive(what, deadline, timeout)
+        self._unanswered -= 1
+        return message
+
+    def _post(
+        self, payload: bytes, what: str, deadline: float | None, timeout: float | None
+    ) -> None:
+        while self._unanswered:
+            self._receive(what, deadline, timeout)
+            self._unanswered -= 1
+        self._send(P.frame_header(len(payload)) + payload, what, deadline, timeout)
+        self._unanswered += 1
 
     def _wait(self, poller: Any, what: str, deadline: float | None, timeout: float | None) -> None:
         if deadline is None:
@@ -169,14 +189,34 @@ class AsyncChannel(_Base):
             return await self._receive(what)
 
     async def _exchange(self, payload: bytes, what: str) -> list[Any]:
+        await self._post(payload, what)
+        message = await self._receive(what)
+        self._unanswered -= 1
+        return message
+
+    async def send(self, payload: bytes, what: str) -> None:
+        """First half of a split request (vector ``step_async``); ``receive`` completes it."""
+        await self._post(payload, what)
+
+    async def receive(self, what: str, timeout: float | None = None) -> list[Any]:
+        """The reply to the oldest request sent with ``send``."""
+        if timeout is None:
+            message = await self._receive(what)
+        else:
+            try:
+                with anyio.fail_after(timeout):
+                    message = await self._receive(what)
+            except TimeoutError:
+                raise _timeout_error(self.child, what, timeout) from None
+        self._unanswered -= 1
+        return message
+
+    async def _post(self, payload: bytes, what: str) -> None:
         while self._unanswered:
             await self._receive(what)
             self._unanswered -= 1
         await self._send(self._frame(payload), what)
         self._unanswered += 1
-        message = await self._receive(what)
-        self._unanswered -= 1
-        return message
 
     async def _send(self, data: bytes, what: str) -> None:
         fd = self.child.to_child

@@ -92,6 +92,9 @@ class Worker:
             P.CLOSE: self._close,
             P.SPACE_SAMPLE: self._sample,
             P.SPACE_CONTAINS: self._contains,
+            P.CALL: self._call,
+            P.GET_ATTR: self._get_attr,
+            P.SET_ATTR: self._set_attr,
         }
         self._closing = False
 
@@ -163,16 +166,51 @@ class Worker:
             raise NotImplementedError(f"sources of kind {source['kind']!r} are not supported")
         import gymnasium
 
-        self.env = gymnasium.make(source["id"], **kwargs)
+        vector = request.get("vector")
+        if vector is None:
+            self.env = gymnasium.make(source["id"], **kwargs)
+            env = self.env
+            return [
+                P.OK,
+                {
+                    "observation_space": space_to_data(env.observation_space),
+                    "action_space": space_to_data(env.action_space),
+                    "metadata": dict(getattr(env, "metadata", {}) or {}),
+                    "render_mode": getattr(env, "render_mode", None),
+                    "spec": _spec_data(env),
+                },
+            ]
+        return self._make_vector(gymnasium, source["id"], vector, kwargs)
+
+    def _make_vector(
+        self, gymnasium: Any, env_id: str, vector: dict[str, Any], kwargs: dict[str, Any]
+    ) -> list[Any]:
+        vector_kwargs: dict[str, Any] = {}
+        if vector.get("autoreset_mode") is not None:
+            from gymnasium.vector import AutoresetMode  # gymnasium >= 1.1
+
+            vector_kwargs["autoreset_mode"] = AutoresetMode(vector["autoreset_mode"])
+        self.env = gymnasium.make_vec(
+            env_id,
+            num_envs=vector["num_envs"],
+            vectorization_mode=vector.get("vectorization_mode") or "sync",
+            vector_kwargs=vector_kwargs,
+            **kwargs,
+        )
         env = self.env
+        metadata = dict(getattr(env, "metadata", {}) or {})
+        mode = metadata.get("autoreset_mode")
+        if mode is not None:  # an enum: travels as its value
+            metadata["autoreset_mode"] = getattr(mode, "value", str(mode))
         return [
             P.OK,
             {
-                "observation_space": space_to_data(env.observation_space),
-                "action_space": space_to_data(env.action_space),
-                "metadata": dict(getattr(env, "metadata", {}) or {}),
+                "observation_space": space_to_data(env.single_observation_space),
+                "action_space": space_to_data(env.single_action_space),
+                "metadata": metadata,
                 "render_mode": getattr(env, "render_mode", None),
                 "spec": _spec_data(env),
+                "num_envs": int(env.num_envs),
             },
         ]
 
@@ -197,6 +235,16 @@ class Worker:
 
     def _contains(self, which: str, value: Any) -> list[Any]:
         return [P.OK, bool(self._space(which).contains(value))]
+
+    def _call(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> list[Any]:
+        return [P.OK, self.env.call(name, *args, **kwargs)]
+
+    def _get_attr(self, name: str) -> list[Any]:
+        return [P.OK, self.env.get_attr(name)]
+
+    def _set_attr(self, name: str, values: Any) -> list[Any]:
+        self.env.set_attr(name, values)
+        return [P.OK]
 
     def _close(self) -> list[Any]:
         self._closing = True

@@ -8,9 +8,19 @@
 from __future__ import annotations
 
 from ._async_env import AsyncSandboxEnv
+from ._async_vector_env import AsyncSandboxVectorEnv
 from ._codec import RemoteObject
 from ._sandbox import State
 from ._spaces import OpaqueSpace
 from ._sync_env import SandboxEnv
+from ._sync_vector_env import SandboxVectorEnv
 
-__all__ = ["AsyncSandboxEnv", "OpaqueSpace", "RemoteObject", "SandboxEnv", "State"]
+__all__ = [
+    "AsyncSandboxEnv",
+    "AsyncSandboxVectorEnv",
+    "OpaqueSpace",
+    "RemoteObject",
+    "SandboxEnv",
+    "SandboxVectorEnv",
+    "State",
+]

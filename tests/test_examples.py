@@ -28,10 +28,15 @@ def test_gym_sandbox_example() -> None:
 
 
 def test_every_example_is_tested() -> None:
-    tested = {"gym_sandbox.py", "async_rollout.py"}
+    tested = {"gym_sandbox.py", "async_rollout.py", "vector_sandbox.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} <= tested
 
 
 def test_async_rollout_example() -> None:
     out = run("async_rollout.py")
     assert "asyncio:" in out and "trio:" in out
+
+
+def test_vector_sandbox_example() -> None:
+    out = run("vector_sandbox.py")
+    assert "autoreset NEXT_STEP" in out and "obs batch (8, 4) float32" in out

@@ -1,0 +1,241 @@
+"""``SandboxVectorEnv``: a real ``gymnasium.vector.VectorEnv`` over sandbox workers.
+
+Startup goes through the shared blocking portal; every call talks to the workers' pipes
+directly (send to all, then collect from all, so workers step in parallel).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+
+from . import _protocol as P
+from ._errors import SandboxError
+from ._portal import portal_call
+from ._sandbox import (
+    CLOSE_TIMEOUT,
+    State,
+    closed_error,
+    host_env_spec,
+    is_fatal,
+    start_vector_sandboxes,
+)
+from ._spec import DEFAULT_STARTUP_TIMEOUT, make_spec
+from ._transport import BlockingChannel
+from ._vector import VectorCore, check_vector_options
+
+__all__ = ["SandboxVectorEnv"]
+
+
+class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
+    """``num_envs`` copies of an environment in ``num_workers`` sandbox processes.
+
+    A real ``gymnasium.vector.VectorEnv``; takes the same arguments as
+    ``AsyncSandboxVectorEnv`` (see there). ``step_async``/``step_wait`` let a learner compute
+    while the workers step.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        num_envs: int = 1,
+        num_workers: int = 1,
+        vectorization_mode: str = "sync",
+        autoreset_mode: Any = None,
+        packages: list[str] | tuple[str, ...] = (),
+        imports: list[str] | tuple[str, ...] = (),
+        render_mode: str | None = None,
+        base_image: str | None = None,
+        rlmesh_package: str | None = None,
+        trust_remote_code: bool = False,
+        allow_unpinned_hf: bool = False,
+        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+        call_timeout: float | None = None,
+        **gym_make_kwargs: Any,
+    ) -> None:
+        self._state = State.CREATED
+        sizes, autoreset = check_vector_options(
+            num_envs, num_workers, vectorization_mode, autoreset_mode
+        )
+        spec = make_spec(
+            source,
+            packages=packages,
+            imports=imports,
+            render_mode=render_mode,
+            base_image=base_image,
+            rlmesh_package=rlmesh_package,
+            trust_remote_code=trust_remote_code,
+            allow_unpinned_hf=allow_unpinned_hf,
+            startup_timeout=startup_timeout,
+            call_timeout=call_timeout,
+            make_kwargs=gym_make_kwargs,
+        )
+        self._label = spec.label
+        self._reason: str | None = None
+        self._timeout = spec.call_timeout
+        self._pending = False
+        sandboxes = portal_call(start_vector_sandboxes, spec, sizes, vectorization_mode, autoreset)
+        self._core = core = VectorCore(sandboxes, sizes, spec.label)
+        self._channels = [BlockingChannel(s.child, s.reader) for s in sandboxes]
+        self._finalizers = [weakref.finalize(self, s.child.abandon) for s in sandboxes]
+        self.num_envs = core.num_envs
+        self.single_observation_space = core.single_observation_space
+        self.single_action_space = core.single_action_space
+        self.observation_space = core.observation_space
+        self.action_space = core.action_space
+        self.metadata = core.metadata
+        self.render_mode = core.render_mode
+        self.spec = host_env_spec(sandboxes[0])
+        self._state = State.READY
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids."""
+        return [s.child.pid for s in self._core.sandboxes]
+
+    def _guard(self, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except SandboxError as exc:
+            if is_fatal(exc):
+                self._state = State.BROKEN
+                self._reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+                for sandbox in self._core.sandboxes:
+                    sandbox.child.abandon()
+            raise
+
+    def _send(self, payloads: list[bytes], what: str) -> None:
+        if self._state is not State.READY:
+            raise closed_error(self._label, self._state, self._reason)
+        if self._pending:
+            raise RuntimeError(f"{what} while a step_async() awaits its step_wait()")
+
+        def send() -> None:
+            for channel, payload in zip(self._channels, payloads, strict=True):
+                channel.send(payload, what, self._timeout)
+
+        self._guard(send)
+
+    def _receive(self, what: str) -> list[list[Any]]:
+        return self._guard(  # type: ignore[no-any-return]
+            lambda: [channel.receive(what, self._timeout) for channel in self._channels]
+        )
+
+    def _exchange(self, payloads: list[bytes], what: str) -> list[list[Any]]:
+        self._send(payloads, what)
+        return self._receive(what)
+
+    def _exchange_some(self, payloads: list[bytes | None], what: str) -> list[Any]:
+        """Like ``_exchange``, skipping workers whose payload is ``None`` (reply ``None``)."""
+        if self._state is not State.READY:
+            raise closed_error(self._label, self._state, self._reason)
+        if self._pending:
+            raise RuntimeError(f"{what} while a step_async() awaits its step_wait()")
+        chosen = [(c, p) for c, p in zip(self._channels, payloads, strict=True) if p is not None]
+
+        def run() -> list[Any]:
+            for channel, payload in chosen:
+                channel.send(payload, what, self._timeout)
+            got = {id(channel): channel.receive(what, self._timeout) for channel, _ in chosen}
+            return [got.get(id(channel)) for channel in self._channels]
+
+        return self._guard(run)  # type: ignore[no-any-return]
+
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Reset sub-envs (all, or those in ``options["reset_mask"]``)."""
+        super().reset(seed=seed if isinstance(seed, int) else None)
+        core = self._core
+        return core.join_reset(self._exchange_some(core.reset_requests(seed, options), "reset()"))
+
+    def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """Step every sub-env with its action; batched results."""
+        core = self._core
+        return core.join_step(self._exchange(core.step_requests(actions), "step()"))
+
+    def step_async(self, actions: Any) -> None:
+        """Send the actions and return at once; ``step_wait()`` collects the results."""
+        self._send(self._core.step_requests(actions), "step_async()")
+        self._pending = True
+
+    def step_wait(self) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """The results of the last ``step_async()``."""
+        if not self._pending:
+            raise RuntimeError("step_wait() without a step_async() before it")
+        self._pending = False
+        return self._core.join_step(self._receive("step_wait()"))
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Call a method of every sub-env; one (safely encoded) result per sub-env."""
+        core = self._core
+        replies = self._exchange(core.call_requests(name, args, kwargs), f"call({name!r})")
+        result = core.join_tuples(replies)
+        return result if result is not None else (None,) * self.num_envs  # type: ignore[no-any-return]
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """An attribute of every sub-env."""
+        core = self._core
+        result = core.join_tuples(self._exchange(core.get_attr_requests(name), "get_attr()"))
+        return result if result is not None else (None,) * self.num_envs  # type: ignore[no-any-return]
+
+    def set_attr(self, name: str, values: Any) -> None:
+        """Set an attribute on every sub-env (a list gives one value per sub-env)."""
+        core = self._core
+        core.join_none(self._exchange(core.set_attr_requests(name, values), "set_attr()"))
+
+    def render(self) -> tuple[Any, ...] | None:
+        """Render every sub-env."""
+        core = self._core
+        return core.join_tuples(self._exchange(core.render_requests(), "render()"))  # type: ignore[no-any-return]
+
+    def close(self, **kwargs: Any) -> None:
+        """Close every worker. Idempotent; safe after a failure."""
+        state = getattr(self, "_state", State.CLOSED)
+        if state in (State.CLOSED, State.CREATED):
+            self._state = State.CLOSED
+            return
+        if state is State.READY and not self._pending:
+            close = [self._core.encoder.encode([P.CLOSE])] * len(self._channels)
+            with contextlib.suppress(SandboxError):  # stop() below makes sure
+                for channel, payload in zip(self._channels, close, strict=True):
+                    channel.send(payload, "close()", CLOSE_TIMEOUT)
+                for channel in self._channels:
+                    channel.receive("close()", CLOSE_TIMEOUT)
+        self._state = State.CLOSED
+        for sandbox in self._core.sandboxes:
+            sandbox.child.stop()
+        for finalizer in self._finalizers:
+            finalizer.detach()
+
+    @property
+    def closed(self) -> bool:  # type: ignore[override]
+        return self._state is State.CLOSED
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        pass  # gymnasium's VectorEnv sets it; our state is authoritative
+
+    def __del__(self) -> None:
+        pass  # the finalizers stop the workers; VectorEnv.__del__ would call close()
+
+    def __enter__(self) -> SandboxVectorEnv:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<SandboxVectorEnv {self._label!r} num_envs={self.num_envs} "
+            f"workers={len(self._channels)} {self._state.value}>"
+        )

@@ -1,0 +1,153 @@
+"""What both vector faces share: options, spaces, and request/reply shaping. No I/O.
+
+A sandboxed vector env is ``num_workers`` sandbox processes, each running a Gymnasium vector
+env (``gymnasium.make_vec``) of its share of ``num_envs``. One request per worker per call:
+a step of the whole batch costs one round trip per worker, not one per sub-env.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium.vector.utils import batch_space
+
+from . import _batch
+from . import _protocol as P
+from ._sandbox import Sandbox, reply_values
+from ._spaces import OpaqueSpace
+
+__all__ = ["VectorCore", "check_vector_options"]
+
+_MODES = ("sync", "async")
+
+
+def check_vector_options(
+    num_envs: int, num_workers: int, vectorization_mode: str, autoreset_mode: Any
+) -> tuple[list[int], str | None]:
+    """Validate the vector options; return the shard sizes and the autoreset mode's value."""
+    sizes = _batch.shard_sizes(num_envs, num_workers)
+    if vectorization_mode not in _MODES:
+        raise ValueError(
+            f"vectorization_mode must be 'sync' or 'async' (how each sandbox runs its share "
+            f"of sub-envs), not {vectorization_mode!r}"
+        )
+    if autoreset_mode is None:
+        return sizes, None
+    from gymnasium.vector import AutoresetMode
+
+    try:
+        return sizes, AutoresetMode(getattr(autoreset_mode, "value", autoreset_mode)).value
+    except ValueError:
+        names = ", ".join(repr(m.value) for m in AutoresetMode)
+        raise ValueError(
+            f"autoreset_mode must be an AutoresetMode or one of {names}, not {autoreset_mode!r}"
+        ) from None
+
+
+def _batched(space: Any, n: int) -> Any:
+    try:
+        return batch_space(space, n)
+    except (TypeError, NotImplementedError, ValueError):
+        if isinstance(space, OpaqueSpace):
+            return OpaqueSpace(space.name, f"{n} x {space.description}")
+        raise
+
+
+class VectorCore:
+    """Spaces, metadata and the pure split/join of requests for a set of worker sandboxes."""
+
+    def __init__(self, sandboxes: list[Sandbox], sizes: list[int], label: str) -> None:
+        from gymnasium.vector import AutoresetMode
+
+        self.sandboxes = sandboxes
+        self.sizes = sizes
+        self.ranges = _batch.bounds(sizes)
+        self.label = label
+        first = sandboxes[0]
+        self.num_envs = sum(sizes)
+        self.single_observation_space = first.observation_space
+        self.single_action_space = first.action_space
+        self.observation_space = _batched(first.observation_space, self.num_envs)
+        self.action_space = _batched(first.action_space, self.num_envs)
+        metadata = dict(first.metadata)
+        if "autoreset_mode" in metadata:
+            metadata["autoreset_mode"] = AutoresetMode(metadata["autoreset_mode"])
+        self.metadata = metadata
+        self.render_mode = first.render_mode
+        self.encoder = P.RequestEncoder()
+        self._last_obs: list[Any] = []  # per worker: observations of the last reply
+
+    def reset_requests(self, seed: Any, options: Any) -> list[bytes | None]:
+        """One payload per worker; ``None`` for a worker that ``reset_mask`` leaves alone."""
+        seeds = _batch.split_seeds(seed, self.sizes)
+        options_each = _batch.split_options(options, self.sizes)
+        payloads: list[bytes | None] = []
+        for s, o in zip(seeds, options_each, strict=True):
+            skip = len(self.sizes) > 1 and o is not None and not np.any(o["reset_mask"])
+            payloads.append(None if skip else self.encoder.encode([P.RESET, s, o]))
+        return payloads
+
+    def step_requests(self, actions: Any) -> list[bytes]:
+        if not self.action_space.contains(actions):
+            raise ValueError(
+                f"actions {actions!r:.200} are not in the batched action space "
+                f"{self.action_space} of {self.label!r}; env.action_space.sample() gives valid ones"
+            )
+        parts = _batch.split(actions, self.ranges)
+        return [self.encoder.encode([P.STEP, part]) for part in parts]
+
+    def join_reset(self, replies: list[list[Any] | None]) -> tuple[Any, dict[str, Any]]:
+        """Join reset replies; a skipped worker (``None``) keeps its last observations."""
+        obs_parts: list[Any] = []
+        infos: list[dict[str, Any]] = []
+        for index, reply in enumerate(replies):
+            if reply is None:
+                obs_parts.append(self._last_obs[index])
+                infos.append({})
+            else:
+                values = reply_values(reply, 3)
+                obs_parts.append(values[1])
+                infos.append(values[2])
+        self._last_obs = obs_parts
+        return _batch.concat(obs_parts), _batch.merge_infos(infos, self.sizes)
+
+    def join_step(self, replies: list[list[Any]]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        replies = [reply_values(reply, 6) for reply in replies]
+        self._last_obs = [r[1] for r in replies]
+        return (
+            _batch.concat([r[1] for r in replies]),
+            _batch.concat([r[2] for r in replies]),
+            _batch.concat([r[3] for r in replies]),
+            _batch.concat([r[4] for r in replies]),
+            _batch.merge_infos([r[5] for r in replies], self.sizes),
+        )
+
+    def call_requests(self, name: str, args: Any, kwargs: Any) -> list[bytes]:
+        return [self.encoder.encode([P.CALL, name, list(args), dict(kwargs)])] * len(self.sizes)
+
+    def get_attr_requests(self, name: str) -> list[bytes]:
+        return [self.encoder.encode([P.GET_ATTR, name])] * len(self.sizes)
+
+    def set_attr_requests(self, name: str, values: Any) -> list[bytes]:
+        return [
+            self.encoder.encode([P.SET_ATTR, name, part])
+            for part in _batch.split_values(values, self.sizes)
+        ]
+
+    def render_requests(self) -> list[bytes]:
+        return [self.encoder.encode([P.RENDER])] * len(self.sizes)
+
+    def join_tuples(self, replies: list[list[Any]]) -> Any:
+        """Per-sub-env results (call, get_attr, render) joined into one tuple."""
+        values = [reply_values(reply, 2)[1] for reply in replies]
+        if all(value is None for value in values):
+            return None
+        joined: list[Any] = []
+        for value in values:
+            joined.extend(value)
+        return tuple(joined)
+
+    def join_none(self, replies: list[list[Any]]) -> None:
+        for reply in replies:
+            reply_values(reply, 1)
