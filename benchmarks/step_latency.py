@@ -212,8 +212,10 @@ def report(results: dict[str, dict[str, dict[str, float]]]) -> str:
             step = row["CartPole step (in-process)"]
             sandboxed = row.get("SandboxEnv.step", row.get("AsyncSandboxEnv.step", 0.0))
             floor = trip + step
-            name = "SandboxEnv (os.pipe floor)" if face == "sync" else (
-                f"AsyncSandboxEnv on {face} (anyio stream floor)"
+            name = (
+                "SandboxEnv (os.pipe floor)"
+                if face == "sync"
+                else (f"AsyncSandboxEnv on {face} (anyio stream floor)")
             )
             lines.append(
                 f"| {placement} | {name} | {trip:.1f} | {step:.1f} | {floor:.1f} | "

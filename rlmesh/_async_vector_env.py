@@ -18,6 +18,7 @@ from ._sandbox import (
     closed_error,
     host_env_spec,
     is_fatal,
+    reply_values,
     start_vector_sandboxes,
 )
 from ._spec import DEFAULT_STARTUP_TIMEOUT, make_spec
@@ -109,6 +110,20 @@ class AsyncSandboxVectorEnv:
         self._env_spec = host_env_spec(sandboxes[0])
         self._finalizers = [weakref.finalize(self, s.child.abandon) for s in sandboxes]
         self._state = State.READY
+        try:
+            await self._setup_shm()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _setup_shm(self) -> None:
+        core = self._started()
+        for index, payload in enumerate(core.shm_requests()):
+            if payload is not None:
+                channel = self._channels[index]
+                undo = core.attach_shm(index, await channel.request(payload, "shm setup"))
+                if undo is not None:
+                    reply_values(await channel.request(undo, "shm setup"), 2)
 
     def _started(self) -> VectorCore:
         if self._core is None:
@@ -244,6 +259,7 @@ class AsyncSandboxVectorEnv:
             self._state = State.CLOSED
             for sandbox in core.sandboxes:
                 await anyio.to_thread.run_sync(sandbox.child.stop)
+            core.release_shm()
             for finalizer in self._finalizers:
                 finalizer.detach()
 

@@ -8,9 +8,11 @@ first item is the message kind::
     host -> child   [MAKE, request] [RESET, seed, options] [STEP, action] [RENDER] [CLOSE]
                     [SPACE_SAMPLE, which] [SPACE_CONTAINS, which, value]
                     [CALL, name, args, kwargs] [GET_ATTR, name] [SET_ATTR, name, values]
+                    [SHM_SETUP, nbytes]
                     [PICKLED, cloudpickle bytes of one of the above]   (host -> child only)
     child -> host   [HELLO, versions]  once, unprompted, first
                     [OK, *values]      the reply to a request
+                    [OK_SHM, None, *values]  a reply whose observations are in shared memory
                     [ERROR, type name, message, traceback text]
 
 Every request gets exactly one reply, in order. The child never sends pickles; the host never
@@ -45,7 +47,9 @@ MAX_PREAMBLE = 64 * 1024  # bytes tolerated before MAGIC (stdio transports only)
 # Message kinds.
 MAKE, RESET, STEP, RENDER, CLOSE, SPACE_SAMPLE, SPACE_CONTAINS, PICKLED = range(1, 9)
 CALL, GET_ATTR, SET_ATTR = range(9, 12)  # vector envs: env.call / get_attr / set_attr
+SHM_SETUP = 12  # vector envs: [SHM_SETUP, nbytes] -> [OK, memfd number in the child]
 HELLO, OK, ERROR = 100, 101, 102
+OK_SHM = 103  # as OK, but the observations (item 1) are in the shared buffer, item 1 is None
 
 _HEADER = struct.Struct("<I")
 

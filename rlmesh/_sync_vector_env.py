@@ -22,6 +22,7 @@ from ._sandbox import (
     closed_error,
     host_env_spec,
     is_fatal,
+    reply_values,
     start_vector_sandboxes,
 )
 from ._spec import DEFAULT_STARTUP_TIMEOUT, make_spec
@@ -92,6 +93,20 @@ class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
         self.render_mode = core.render_mode
         self.spec = host_env_spec(sandboxes[0])
         self._state = State.READY
+        try:
+            self._setup_shm()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup_shm(self) -> None:
+        core = self._core
+        for index, payload in enumerate(core.shm_requests()):
+            if payload is not None:
+                channel = self._channels[index]
+                undo = core.attach_shm(index, channel.request(payload, "shm setup"))
+                if undo is not None:
+                    reply_values(channel.request(undo, "shm setup"), 2)
 
     @property
     def state(self) -> State:
@@ -214,6 +229,7 @@ class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
         self._state = State.CLOSED
         for sandbox in self._core.sandboxes:
             sandbox.child.stop()
+        self._core.release_shm()
         for finalizer in self._finalizers:
             finalizer.detach()
 

@@ -3,13 +3,21 @@
 A sandboxed vector env is ``num_workers`` sandbox processes, each running a Gymnasium vector
 env (``gymnasium.make_vec``) of its share of ``num_envs``. One request per worker per call:
 a step of the whole batch costs one round trip per worker, not one per sub-env.
+
+Large Box observations (``SHM_MIN`` bytes or more per worker) skip the pipe: each worker
+writes them into a memfd it shares with the host, and the reply says so (``OK_SHM``). A memfd
+has no name in ``/dev/shm``, so a crash on either side leaks nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import mmap
+import os
 from typing import Any
 
 import numpy as np
+from gymnasium.spaces import Box
 from gymnasium.vector.utils import batch_space
 
 from . import _batch
@@ -20,6 +28,7 @@ from ._spaces import OpaqueSpace
 __all__ = ["VectorCore", "check_vector_options"]
 
 _MODES = ("sync", "async")
+SHM_MIN = 64 * 1024  # bytes of a worker's observation batch from which shared memory pays
 
 
 def check_vector_options(
@@ -77,6 +86,7 @@ class VectorCore:
         self.render_mode = first.render_mode
         self.encoder = P.RequestEncoder()
         self._last_obs: list[Any] = []  # per worker: observations of the last reply
+        self._shm: list[Any] = [None] * len(sizes)  # per worker: (mmap, ndarray view) or None
 
     def reset_requests(self, seed: Any, options: Any) -> list[bytes | None]:
         """One payload per worker; ``None`` for a worker that ``reset_mask`` leaves alone."""
@@ -97,6 +107,57 @@ class VectorCore:
         parts = _batch.split(actions, self.ranges)
         return [self.encoder.encode([P.STEP, part]) for part in parts]
 
+    # -- shared memory for large observations ---------------------------------------------
+
+    def shm_requests(self) -> list[bytes | None]:
+        """``SHM_SETUP`` for each worker whose observation batch is large enough to gain."""
+        space = self.single_observation_space
+        if type(space) is not Box:
+            return [None] * len(self.sizes)
+        item = int(np.prod(space.shape)) * np.dtype(space.dtype).itemsize
+        return [
+            self.encoder.encode([P.SHM_SETUP, size * item]) if size * item >= SHM_MIN else None
+            for size in self.sizes
+        ]
+
+    def attach_shm(self, index: int, reply: list[Any]) -> bytes | None:
+        """Map worker ``index``'s shared buffer; on failure return the request that turns it
+        off again in the worker."""
+        fd_number = reply_values(reply, 2)[1]
+        space = self.single_observation_space
+        shape = (self.sizes[index], *space.shape)
+        nbytes = int(np.prod(shape)) * np.dtype(space.dtype).itemsize
+        pid = self.sandboxes[index].child.pid
+        try:
+            fd = os.open(f"/proc/{pid}/fd/{int(fd_number)}", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                mapping = mmap.mmap(fd, nbytes)
+            finally:
+                os.close(fd)  # the mapping outlives the fd
+        except (OSError, ValueError, TypeError):
+            return self.encoder.encode([P.SHM_SETUP, 0])
+        self._shm[index] = (mapping, np.ndarray(shape, dtype=space.dtype, buffer=mapping))
+        return None
+
+    @property
+    def shm_workers(self) -> list[int]:
+        """Indices of the workers whose observations come through shared memory."""
+        return [i for i, entry in enumerate(self._shm) if entry is not None]
+
+    def release_shm(self) -> None:
+        for index, entry in enumerate(self._shm):
+            if entry is not None:
+                self._shm[index] = None
+                mapping, view = entry
+                del view, entry
+                with contextlib.suppress(BufferError):
+                    mapping.close()
+
+    def _from_shm(self, index: int, reply: list[Any]) -> list[Any]:
+        if reply[0] == P.OK_SHM and self._shm[index] is not None:
+            return [P.OK, self._shm[index][1].copy(), *reply[2:]]
+        return reply
+
     def join_reset(self, replies: list[list[Any] | None]) -> tuple[Any, dict[str, Any]]:
         """Join reset replies; a skipped worker (``None``) keeps its last observations."""
         obs_parts: list[Any] = []
@@ -106,14 +167,14 @@ class VectorCore:
                 obs_parts.append(self._last_obs[index])
                 infos.append({})
             else:
-                values = reply_values(reply, 3)
+                values = reply_values(self._from_shm(index, reply), 3)
                 obs_parts.append(values[1])
                 infos.append(values[2])
         self._last_obs = obs_parts
         return _batch.concat(obs_parts), _batch.merge_infos(infos, self.sizes)
 
     def join_step(self, replies: list[list[Any]]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        replies = [reply_values(reply, 6) for reply in replies]
+        replies = [reply_values(self._from_shm(i, r), 6) for i, r in enumerate(replies)]
         self._last_obs = [r[1] for r in replies]
         return (
             _batch.concat([r[1] for r in replies]),

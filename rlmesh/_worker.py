@@ -95,7 +95,9 @@ class Worker:
             P.CALL: self._call,
             P.GET_ATTR: self._get_attr,
             P.SET_ATTR: self._set_attr,
+            P.SHM_SETUP: self._shm_setup,
         }
+        self._shm: Any = None  # a numpy view of the shared observation buffer, once set up
         self._closing = False
 
     def _send(self, message: list[Any]) -> None:
@@ -120,6 +122,8 @@ class Worker:
                     try:  # the hot path, inlined
                         obs, reward, terminated, truncated, info = self.env.step(message[1])
                         reply = [P.OK, obs, reward, terminated, truncated, info]
+                        if self._shm is not None:
+                            reply = self._via_shm(reply)
                     except Exception as exc:
                         reply = self._error(exc)
                 else:
@@ -130,7 +134,9 @@ class Worker:
                 except Exception as exc:  # an unhashable key, a reply over the frame limit
                     out = pack(self._error(exc))
                     head = header(len(out))
-                write(head + out)
+                write(head + out if len(out) < 65536 else head)
+                if len(out) >= 65536:
+                    write(out)  # no concatenated copy of a large reply
         if self.env is not None and not self._closing:
             self._close_env()
 
@@ -216,7 +222,39 @@ class Worker:
 
     def _reset(self, seed: Any, options: Any) -> list[Any]:
         obs, info = self.env.reset(seed=seed, options=options)
-        return [P.OK, obs, info]
+        reply = [P.OK, obs, info]
+        return reply if self._shm is None else self._via_shm(reply)
+
+    def _shm_setup(self, nbytes: int) -> list[Any]:
+        """Put batched observations in a shared memfd from now on; reply with its fd.
+
+        The host maps the same memory through ``/proc/<our pid>/fd/<fd>``. A memfd has no
+        name in any filesystem: nothing can leak when either side dies.
+        """
+        import mmap
+
+        import numpy
+
+        if nbytes == 0:  # the host could not map it: back to the pipe
+            self._shm = None
+            return [P.OK, None]
+        space = self.env.observation_space
+        shape, dtype = tuple(space.shape), numpy.dtype(space.dtype)
+        if int(numpy.prod(shape)) * dtype.itemsize != nbytes:
+            raise ValueError(f"observations take {shape} x {dtype}, not {nbytes} bytes")
+        fd = os.memfd_create("rlmesh-obs", os.MFD_CLOEXEC)
+        os.ftruncate(fd, nbytes)
+        self._shm_map = mmap.mmap(fd, nbytes)
+        self._shm = numpy.ndarray(shape, dtype=dtype, buffer=self._shm_map)
+        self._shm_fd = fd
+        return [P.OK, fd]
+
+    def _via_shm(self, reply: list[Any]) -> list[Any]:
+        obs, view = reply[1], self._shm
+        if type(obs).__name__ == "ndarray" and obs.shape == view.shape and obs.dtype == view.dtype:
+            view[...] = obs
+            reply[0], reply[1] = P.OK_SHM, None
+        return reply
 
     def _step(self, action: Any) -> list[Any]:
         obs, reward, terminated, truncated, info = self.env.step(action)

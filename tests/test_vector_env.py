@@ -156,3 +156,37 @@ async def test_one_crashing_sandbox_among_sixteen_does_not_hang_the_others() -> 
         for env in envs:
             await env.aclose()
     assert all(env.state is State.CLOSED for env in envs)
+
+
+def shm_entries() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def test_large_observations_travel_through_shared_memory_and_leave_nothing() -> None:
+    import sys
+
+    sys.path.insert(0, TEST_ENVS["packages"][0])
+    import rlmesh_test_envs  # noqa: F401 - registers the same envs here, for the reference
+
+    before = shm_entries()
+    ref = reference("rlmesh_test/Image-v0", 4, AutoresetMode.NEXT_STEP)
+    env = SandboxVectorEnv("rlmesh_test/Image-v0", num_envs=4, num_workers=2, **TEST_ENVS)
+    try:
+        assert env._core.shm_workers == [0, 1]
+        for pid in env.pids:  # the worker really holds a memfd
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+            assert any(link.startswith("/memfd:rlmesh-obs") for link in links), links
+        assert same(env.reset(seed=2), ref.reset(seed=2))
+        for step in range(30):
+            actions = np.array([step % 3, 1, 2, 0])
+            got, want = env.step(actions), ref.step(actions)
+            assert same(got, want)
+            got[0][0] += 1  # the caller's batch is its own copy
+        with pytest.raises(SandboxCrashedError, match=r"\[worker 1/2\].*exit code 4"):
+            env.step(np.array([0, 0, 3, 0]))
+    finally:
+        env.close()
+    assert shm_entries() == before
+    for pid in env.pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

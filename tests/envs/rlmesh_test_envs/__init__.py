@@ -91,3 +91,28 @@ class FaultyEnv(gym.Env):
 
 
 gym.register("rlmesh_test/Faulty-v0", entry_point=FaultyEnv)
+
+
+class ImageEnv(gym.Env):
+    """Atari-sized frames (large enough for the shared-memory path); action 3 kills it."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Box(0, 255, shape=(210, 160, 3), dtype=np.uint8)
+        self.action_space = spaces.Discrete(4)
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t = int(self.np_random.integers(0, 100))
+        return np.full((210, 160, 3), self.t % 256, np.uint8), {}
+
+    def step(self, action: Any):
+        if int(action) == 3:
+            os._exit(4)
+        self.t += 1
+        frame = np.full((210, 160, 3), self.t % 256, np.uint8)
+        frame[0, 0] = action
+        return frame, float(action), False, self.t % 25 == 0, {"t": self.t}
+
+
+gym.register("rlmesh_test/Image-v0", entry_point=ImageEnv)
