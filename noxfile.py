@@ -50,3 +50,4 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".")
     session.run("python", "benchmarks/step_latency.py", *session.posargs)
     session.run("python", "benchmarks/warm_start.py")
+    session.run("python", "benchmarks/vector_throughput.py")
