@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from types import TracebackType
 from typing import Any
 
 import anyio
@@ -13,6 +12,7 @@ from . import _protocol as P
 from ._errors import SandboxError
 from ._sandbox import (
     CLOSE_TIMEOUT,
+    AsyncFace,
     Sandbox,
     State,
     action_checker,
@@ -23,13 +23,13 @@ from ._sandbox import (
     reply_values,
     start_sandbox,
 )
-from ._spec import DEFAULT_STARTUP_TIMEOUT, make_spec
+from ._spec import DEFAULT_STARTUP_TIMEOUT, spec_from_arguments
 from ._transport import AsyncChannel
 
 __all__ = ["AsyncSandboxEnv"]
 
 
-class AsyncSandboxEnv:
+class AsyncSandboxEnv(AsyncFace):
     """A Gymnasium environment running in its own sandbox process, driven with ``await``.
 
     Start it with ``env = await AsyncSandboxEnv.create(...)`` or ``async with
@@ -69,19 +69,7 @@ class AsyncSandboxEnv:
         call_timeout: float | None = None,
         **gym_make_kwargs: Any,
     ) -> None:
-        self._spec = make_spec(
-            source,
-            packages=packages,
-            imports=imports,
-            render_mode=render_mode,
-            base_image=base_image,
-            rlmesh_package=rlmesh_package,
-            trust_remote_code=trust_remote_code,
-            allow_unpinned_hf=allow_unpinned_hf,
-            startup_timeout=startup_timeout,
-            call_timeout=call_timeout,
-            make_kwargs=gym_make_kwargs,
-        )
+        self._spec = spec_from_arguments(source, locals())
         self._state = State.CREATED
         self._reason: str | None = None
         self._sandbox: Sandbox | None = None
@@ -89,13 +77,6 @@ class AsyncSandboxEnv:
         self._encoder = P.RequestEncoder()
         self._contains: Any = None
         self._timeout = self._spec.call_timeout
-
-    @classmethod
-    async def create(cls, source: str, **options: Any) -> AsyncSandboxEnv:
-        """Build (or reuse) the sandbox, start it and make the env; takes the same options."""
-        env = cls(source, **options)
-        await env.start()
-        return env
 
     async def start(self) -> None:
         """Start the sandbox of an env built with the constructor (``create`` does this)."""
@@ -214,19 +195,6 @@ class AsyncSandboxEnv:
             self._state = State.CLOSED
             await anyio.to_thread.run_sync(sandbox.child.stop)
             self._finalizer.detach()
-
-    async def __aenter__(self) -> AsyncSandboxEnv:
-        if self._state is State.CREATED:
-            await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         pid = f" pid={self.pid}" if self.pid else ""

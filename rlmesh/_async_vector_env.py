@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 from typing import Any
 
 import anyio
@@ -14,6 +13,7 @@ from . import _protocol as P
 from ._errors import SandboxError
 from ._sandbox import (
     CLOSE_TIMEOUT,
+    AsyncFace,
     State,
     closed_error,
     host_env_spec,
@@ -21,14 +21,14 @@ from ._sandbox import (
     reply_values,
     start_vector_sandboxes,
 )
-from ._spec import DEFAULT_STARTUP_TIMEOUT, make_spec
+from ._spec import DEFAULT_STARTUP_TIMEOUT, spec_from_arguments
 from ._transport import AsyncChannel
 from ._vector import VectorCore, check_vector_options
 
 __all__ = ["AsyncSandboxVectorEnv"]
 
 
-class AsyncSandboxVectorEnv:
+class AsyncSandboxVectorEnv(AsyncFace):
     """``num_envs`` copies of an environment in ``num_workers`` sandbox processes.
 
     Each worker runs a Gymnasium vector env of its share of the sub-envs; a step of the batch
@@ -71,32 +71,13 @@ class AsyncSandboxVectorEnv:
             num_envs, num_workers, vectorization_mode, autoreset_mode
         )
         self._mode = vectorization_mode
-        self._spec = make_spec(
-            source,
-            packages=packages,
-            imports=imports,
-            render_mode=render_mode,
-            base_image=base_image,
-            rlmesh_package=rlmesh_package,
-            trust_remote_code=trust_remote_code,
-            allow_unpinned_hf=allow_unpinned_hf,
-            startup_timeout=startup_timeout,
-            call_timeout=call_timeout,
-            make_kwargs=gym_make_kwargs,
-        )
+        self._spec = spec_from_arguments(source, locals())
         self._state = State.CREATED
         self._reason: str | None = None
         self._core: VectorCore | None = None
         self._channels: list[AsyncChannel] = []
         self._pending = False
         self._timeout = self._spec.call_timeout
-
-    @classmethod
-    async def create(cls, source: str, **options: Any) -> AsyncSandboxVectorEnv:
-        """Build (or reuse) the sandbox, start the workers and make the vector envs."""
-        env = cls(source, **options)
-        await env.start()
-        return env
 
     async def start(self) -> None:
         """Start the workers of an env built with the constructor (``create`` does this)."""
@@ -262,17 +243,6 @@ class AsyncSandboxVectorEnv:
             core.release_shm()
             for finalizer in self._finalizers:
                 finalizer.detach()
-
-    async def __aenter__(self) -> AsyncSandboxVectorEnv:
-        if self._state is State.CREATED:
-            await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:  # fmt: skip
-        await self.aclose()
 
     def __repr__(self) -> str:
         return (

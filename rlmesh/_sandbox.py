@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import numpy as np
@@ -217,6 +217,39 @@ async def start_vector_sandboxes(
             raise first from None
         raise
     return [sandbox for sandbox in started if sandbox is not None]
+
+
+_Face = TypeVar("_Face", bound="AsyncFace")
+
+
+class AsyncFace:
+    """Lifecycle plumbing shared by the async faces: ``create``, ``async with``."""
+
+    _state: State
+
+    def __init__(self, source: str, **options: Any) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    async def create(cls: type[_Face], source: str, **options: Any) -> _Face:
+        """Build (or reuse) the sandbox and start it; takes the constructor's options."""
+        env = cls(source, **options)
+        await env.start()
+        return env
+
+    async def __aenter__(self: _Face) -> _Face:
+        if self._state is State.CREATED:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 def host_env_spec(sandbox: Sandbox) -> EnvSpec | None:

@@ -210,6 +210,29 @@ def _check_timeout(name: str, value: Any, *, optional: bool) -> float | None:
     return float(value)
 
 
+OPTION_NAMES = (
+    "packages",
+    "imports",
+    "render_mode",
+    "base_image",
+    "rlmesh_package",
+    "trust_remote_code",
+    "allow_unpinned_hf",
+    "startup_timeout",
+    "call_timeout",
+)
+
+
+def spec_from_arguments(source: str, arguments: Mapping[str, Any]) -> SandboxSpec:
+    """``make_spec`` from a face constructor's arguments (its ``locals()``).
+
+    The faces spell every option out in their signatures (for readers and IDEs) and hand
+    them over here in one go, so the option list lives in one place.
+    """
+    options = {name: arguments[name] for name in OPTION_NAMES}
+    return make_spec(source, make_kwargs=arguments["gym_make_kwargs"], **options)
+
+
 def make_spec(
     source: str,
     *,

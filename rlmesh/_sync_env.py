@@ -29,7 +29,7 @@ from ._sandbox import (
     start_sandbox,
 )
 from ._spaces import OpaqueSpace
-from ._spec import DEFAULT_STARTUP_TIMEOUT, make_spec
+from ._spec import DEFAULT_STARTUP_TIMEOUT, spec_from_arguments
 from ._transport import BlockingChannel
 
 __all__ = ["SandboxEnv"]
@@ -61,19 +61,7 @@ class SandboxEnv(gym.Env[Any, Any]):
         **gym_make_kwargs: Any,
     ) -> None:
         self._state = State.CREATED
-        spec = make_spec(
-            source,
-            packages=packages,
-            imports=imports,
-            render_mode=render_mode,
-            base_image=base_image,
-            rlmesh_package=rlmesh_package,
-            trust_remote_code=trust_remote_code,
-            allow_unpinned_hf=allow_unpinned_hf,
-            startup_timeout=startup_timeout,
-            call_timeout=call_timeout,
-            make_kwargs=gym_make_kwargs,
-        )
+        spec = spec_from_arguments(source, locals())
         self._label = spec.label
         self._reason: str | None = None
         sandbox: Sandbox = portal_call(start_sandbox, spec)

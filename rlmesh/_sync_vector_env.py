@@ -25,7 +25,7 @@ from ._sandbox import (
     reply_values,
     start_vector_sandboxes,
 )
-from ._spec import DEFAULT_STARTUP_TIMEOUT, make_spec
+from ._spec import DEFAULT_STARTUP_TIMEOUT, spec_from_arguments
 from ._transport import BlockingChannel
 from ._vector import VectorCore, check_vector_options
 
@@ -63,19 +63,7 @@ class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
         sizes, autoreset = check_vector_options(
             num_envs, num_workers, vectorization_mode, autoreset_mode
         )
-        spec = make_spec(
-            source,
-            packages=packages,
-            imports=imports,
-            render_mode=render_mode,
-            base_image=base_image,
-            rlmesh_package=rlmesh_package,
-            trust_remote_code=trust_remote_code,
-            allow_unpinned_hf=allow_unpinned_hf,
-            startup_timeout=startup_timeout,
-            call_timeout=call_timeout,
-            make_kwargs=gym_make_kwargs,
-        )
+        spec = spec_from_arguments(source, locals())
         self._label = spec.label
         self._reason: str | None = None
         self._timeout = spec.call_timeout
