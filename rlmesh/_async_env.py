@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 
 from . import _protocol as P
-from ._errors import SandboxError
+from ._errors import SandboxClosedError, SandboxError
 from ._sandbox import (
     CLOSE_TIMEOUT,
     AsyncFace,
@@ -51,6 +51,13 @@ class AsyncSandboxEnv(AsyncFace):
         startup_timeout: Seconds for build plus startup before ``SandboxTimeoutError``.
         call_timeout: Seconds each call may take (``None``: no limit); on expiry the sandbox
             is stopped and ``SandboxTimeoutError`` raised.
+        isolation: ``None`` (a plain child process: crash isolation, not a security boundary)
+            or ``"bwrap"`` (bubblewrap: no network, read-only filesystem but a scratch
+            ``/tmp``, own PID namespace, dies with the host).
+        max_memory: Address-space limit of the sandbox process in bytes (``RLIMIT_AS``).
+        max_cpu_seconds: CPU-time limit of the sandbox process (``RLIMIT_CPU``).
+        auto_restart: After a crash or timeout, the next ``reset()`` starts a fresh sandbox
+            and reports ``info["rlmesh_restarted"] = True`` instead of raising.
         **gym_make_kwargs: Forwarded to ``gymnasium.make`` in the sandbox.
     """
 
@@ -67,6 +74,10 @@ class AsyncSandboxEnv(AsyncFace):
         allow_unpinned_hf: bool = False,
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
         call_timeout: float | None = None,
+        isolation: str | None = None,
+        max_memory: int | None = None,
+        max_cpu_seconds: int | None = None,
+        auto_restart: bool = False,
         **gym_make_kwargs: Any,
     ) -> None:
         self._spec = spec_from_arguments(source, locals())
@@ -147,6 +158,10 @@ class AsyncSandboxEnv(AsyncFace):
             reply = await self._channel.request(self._encoder.encode(message), what, self._timeout)
             return reply_values(reply, length)
         except SandboxError as exc:
+            if self.state is State.CLOSED:  # aclose() from another task ended this call
+                raise SandboxClosedError(
+                    f"the sandbox for {self._spec.label!r} was closed while {what} was in flight"
+                ) from exc
             if is_fatal(exc):
                 self._break(exc)
             raise
@@ -186,13 +201,17 @@ class AsyncSandboxEnv(AsyncFace):
             return
         sandbox = self._sandbox
         assert sandbox is not None and self._channel is not None
+        channel, state = self._channel, self._state
+        self._state = State.CLOSED  # first: a call in flight in another task then says "closed"
         with anyio.CancelScope(shield=True):
-            if self._state is State.READY:
+            if state is State.READY and channel.busy:
+                sandbox.child.kill()  # another task waits on a call: end it, let it finish
+                with anyio.move_on_after(CLOSE_TIMEOUT):
+                    await channel.wait_idle()
+            elif state is State.READY:
                 with contextlib.suppress(SandboxError):  # stop() below makes sure
-                    await self._channel.request(
-                        self._encoder.encode([P.CLOSE]), "close()", CLOSE_TIMEOUT
-                    )
-            self._state = State.CLOSED
+                    goodbye = self._encoder.encode([P.CLOSE])
+                    await channel.request(goodbye, "close()", CLOSE_TIMEOUT)
             await anyio.to_thread.run_sync(sandbox.child.stop)
             self._finalizer.detach()
 

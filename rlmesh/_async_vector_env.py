@@ -65,6 +65,10 @@ class AsyncSandboxVectorEnv(AsyncFace):
         allow_unpinned_hf: bool = False,
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
         call_timeout: float | None = None,
+        isolation: str | None = None,
+        max_memory: int | None = None,
+        max_cpu_seconds: int | None = None,
+        auto_restart: bool = False,
         **gym_make_kwargs: Any,
     ) -> None:
         self._sizes, self._autoreset = check_vector_options(

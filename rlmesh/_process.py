@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,9 +23,9 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._errors import SandboxCrashedError
+from ._errors import SandboxCrashedError, SandboxStartupError
 
-__all__ = ["ChildProcess", "spawn_worker"]
+__all__ = ["ChildProcess", "bwrap_command", "spawn_worker"]
 
 TAIL_BYTES = 16 * 1024
 PIPE_SIZE = 1 << 20  # a 1 MiB pipe carries a typical image observation in one write
@@ -211,6 +212,22 @@ class ChildProcess:
                     os.close(fd)
 
 
+def bwrap_command(cwd: str = "/tmp") -> list[str]:
+    """The bubblewrap prefix of ``isolation="bwrap"``: no network, the whole filesystem
+    read-only but a fresh ``/tmp``, its own PID (and IPC, UTS) namespace, gone with the host.
+    """
+    binary = shutil.which("bwrap")
+    if binary is None:
+        raise SandboxStartupError(
+            "isolation='bwrap' needs bubblewrap (the 'bwrap' command), which is not installed: "
+            "install it (Debian and Ubuntu: apt-get install bubblewrap) or leave isolation unset"
+        )
+    return [
+        binary, "--die-with-parent", "--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev",
+        "--proc", "/proc", "--tmpfs", "/tmp", "--chdir", cwd, "--",
+    ]  # fmt: skip
+
+
 def spawn_worker(
     python: Path | str,
     *,
@@ -219,10 +236,13 @@ def spawn_worker(
     cwd: str | None = None,
     extra_args: Sequence[str] = (),
     keep_fds: Sequence[int] = (),
+    worker_args: Sequence[str] = (),
+    wrapper: Sequence[str] = (),
 ) -> ChildProcess:
     """Start ``python -I -m rlmesh._worker`` with dedicated protocol pipes.
 
-    ``keep_fds`` are inherited by the child as they are (the venv's in-use lock).
+    ``keep_fds`` are inherited by the child as they are (the venv's in-use lock);
+    ``worker_args`` go to the worker (limits); ``wrapper`` runs it (bubblewrap).
     """
     host_read, child_write = os.pipe2(os.O_CLOEXEC)
     child_read, host_write = os.pipe2(os.O_CLOEXEC)
@@ -230,6 +250,7 @@ def spawn_worker(
     _grow_pipe(host_read)
     _grow_pipe(host_write)
     argv = [
+        *wrapper,
         str(python),
         "-I",  # no PYTHONPATH, user site or cwd on sys.path: only the venv's packages
         *extra_args,
@@ -238,6 +259,7 @@ def spawn_worker(
         "--fds",
         str(child_read),
         str(child_write),
+        *worker_args,
     ]
     try:
         popen = subprocess.Popen(

@@ -29,7 +29,7 @@ from ._errors import (
     SandboxStartupError,
     SandboxTimeoutError,
 )
-from ._process import ChildProcess, spawn_worker
+from ._process import ChildProcess, bwrap_command, spawn_worker
 from ._spaces import space_from_data
 from ._spec import GymSource, SandboxSpec
 from ._transport import AsyncChannel
@@ -109,6 +109,12 @@ async def start_sandbox(
         raise NotImplementedError(
             f"{spec.label!r}: Hugging Face EnvHub sources are not supported yet; use a Gymnasium id"
         )
+    wrapper = bwrap_command() if spec.isolation == "bwrap" else []
+    worker_args: list[str] = []
+    if spec.max_memory is not None:
+        worker_args += ["--max-memory", str(spec.max_memory)]
+    if spec.max_cpu_seconds is not None:
+        worker_args += ["--max-cpu-seconds", str(spec.max_cpu_seconds)]
     child: ChildProcess | None = None
     try:
         with anyio.fail_after(spec.startup_timeout):
@@ -120,6 +126,8 @@ async def start_sandbox(
                         label=name,
                         env=_child_env(str(venv.path)),
                         keep_fds=(venv.in_use_fd,),
+                        worker_args=worker_args,
+                        wrapper=wrapper,
                     )
                 )
             finally:

@@ -136,6 +136,10 @@ class SandboxSpec:
     allow_unpinned_hf: bool = False
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
     call_timeout: float | None = None
+    isolation: str | None = None
+    max_memory: int | None = None
+    max_cpu_seconds: int | None = None
+    auto_restart: bool = False
     make_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -155,6 +159,10 @@ class SandboxSpec:
             "allow_unpinned_hf": self.allow_unpinned_hf,
             "startup_timeout": self.startup_timeout,
             "call_timeout": self.call_timeout,
+            "isolation": self.isolation,
+            "max_memory": self.max_memory,
+            "max_cpu_seconds": self.max_cpu_seconds,
+            "auto_restart": self.auto_restart,
             **self.make_kwargs,
         }
 
@@ -220,7 +228,12 @@ OPTION_NAMES = (
     "allow_unpinned_hf",
     "startup_timeout",
     "call_timeout",
+    "isolation",
+    "max_memory",
+    "max_cpu_seconds",
+    "auto_restart",
 )
+ISOLATIONS = (None, "none", "bwrap")
 
 
 def spec_from_arguments(source: str, arguments: Mapping[str, Any]) -> SandboxSpec:
@@ -231,6 +244,15 @@ def spec_from_arguments(source: str, arguments: Mapping[str, Any]) -> SandboxSpe
     """
     options = {name: arguments[name] for name in OPTION_NAMES}
     return make_spec(source, make_kwargs=arguments["gym_make_kwargs"], **options)
+
+
+def _check_limit(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        unit = "bytes" if name == "max_memory" else "seconds"
+        raise ValueError(f"{name} must be a positive int ({unit}), not {value!r}")
+    return value
 
 
 def make_spec(
@@ -245,6 +267,10 @@ def make_spec(
     allow_unpinned_hf: bool = False,
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
     call_timeout: float | None = None,
+    isolation: str | None = None,
+    max_memory: int | None = None,
+    max_cpu_seconds: int | None = None,
+    auto_restart: bool = False,
     make_kwargs: Mapping[str, Any] | None = None,
 ) -> SandboxSpec:
     """Validate every option and return the frozen spec, or raise ``ValueError``/``TypeError``."""
@@ -252,6 +278,7 @@ def make_spec(
     for flag_name, flag in (
         ("trust_remote_code", trust_remote_code),
         ("allow_unpinned_hf", allow_unpinned_hf),
+        ("auto_restart", auto_restart),
     ):
         if not isinstance(flag, bool):
             raise TypeError(f"{flag_name} must be True or False, not {flag!r}")
@@ -287,6 +314,11 @@ def make_spec(
                 f"{source!r} runs Python code from the repository; pass trust_remote_code=True "
                 f"after reviewing the repository {parsed.repo} {where}"
             )
+    if isolation not in ISOLATIONS:
+        raise ValueError(
+            f"isolation must be None (a plain child process) or 'bwrap' (bubblewrap: no "
+            f"network, read-only filesystem, own PID namespace), not {isolation!r}"
+        )
     kwargs = dict(make_kwargs or {})
     for key in kwargs:
         if not isinstance(key, str):
@@ -302,5 +334,9 @@ def make_spec(
         allow_unpinned_hf=allow_unpinned_hf,
         startup_timeout=_check_timeout("startup_timeout", startup_timeout, optional=False) or 0.0,
         call_timeout=_check_timeout("call_timeout", call_timeout, optional=True),
+        isolation=None if isolation == "none" else isolation,
+        max_memory=_check_limit("max_memory", max_memory),
+        max_cpu_seconds=_check_limit("max_cpu_seconds", max_cpu_seconds),
+        auto_restart=auto_restart,
         make_kwargs=kwargs,
     )

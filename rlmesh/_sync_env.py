@@ -14,7 +14,7 @@ from typing import Any
 import gymnasium as gym
 
 from . import _protocol as P
-from ._errors import SandboxError
+from ._errors import SandboxClosedError, SandboxError
 from ._portal import portal_call
 from ._sandbox import (
     CLOSE_TIMEOUT,
@@ -58,6 +58,10 @@ class SandboxEnv(gym.Env[Any, Any]):
         allow_unpinned_hf: bool = False,
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
         call_timeout: float | None = None,
+        isolation: str | None = None,
+        max_memory: int | None = None,
+        max_cpu_seconds: int | None = None,
+        auto_restart: bool = False,
         **gym_make_kwargs: Any,
     ) -> None:
         self._state = State.CREATED
@@ -136,14 +140,22 @@ class SandboxEnv(gym.Env[Any, Any]):
         try:
             return reply_values(self._request(self._encode(message), what, self._timeout), length)
         except SandboxError as exc:
-            self._failed(exc)
-            raise
+            error = self._failed(exc, what)
+            if error is exc:
+                raise
+            raise error from exc
 
-    def _failed(self, exc: SandboxError) -> None:
+    def _failed(self, exc: SandboxError, what: str) -> SandboxError:
+        """Book a failed call; return what to raise for it."""
+        if self._state is State.CLOSED:  # close() from another thread ended this call
+            return SandboxClosedError(
+                f"the sandbox for {self._label!r} was closed while {what} was in flight"
+            )
         if is_fatal(exc):
             self._state = State.BROKEN
             self._reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
             self._sandbox.child.abandon()
+        return exc
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -166,15 +178,13 @@ class SandboxEnv(gym.Env[Any, Any]):
             raise closed_error(self._label, self._state, self._reason)
         try:
             reply = self._request(self._encode([P.STEP, action]), "step()", self._timeout)
-        except SandboxError as exc:
-            self._failed(exc)
-            raise
-        if reply[0] != P.OK or len(reply) != 6:
-            try:
+            if reply[0] != P.OK or len(reply) != 6:
                 reply_values(reply, 6)
-            except SandboxError as exc:
-                self._failed(exc)
+        except SandboxError as exc:
+            error = self._failed(exc, "step()")
+            if error is exc:
                 raise
+            raise error from exc
         return reply[1], reply[2], reply[3], reply[4], reply[5]
 
     def render(self) -> Any:
@@ -187,11 +197,15 @@ class SandboxEnv(gym.Env[Any, Any]):
         if state in (State.CLOSED, State.CREATED):
             self._state = State.CLOSED
             return
+        child = self._sandbox.child
+        self._state = State.CLOSED  # first: a call in flight elsewhere then says "closed"
         if state is State.READY:
             with contextlib.suppress(SandboxError):  # stop() below makes sure
-                self._channel.request(self._encode([P.CLOSE]), "close()", CLOSE_TIMEOUT)
-        self._state = State.CLOSED
-        self._sandbox.child.stop()
+                goodbye = self._encode([P.CLOSE])
+                if self._channel.try_request(goodbye, "close()", CLOSE_TIMEOUT) is None:
+                    child.kill()  # another thread waits on a call: end it, then let it finish
+                    self._channel.wait_idle(CLOSE_TIMEOUT)
+        child.stop()
         self._finalizer.detach()
 
     def __repr__(self) -> str:

@@ -57,6 +57,10 @@ class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
         allow_unpinned_hf: bool = False,
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
         call_timeout: float | None = None,
+        isolation: str | None = None,
+        max_memory: int | None = None,
+        max_cpu_seconds: int | None = None,
+        auto_restart: bool = False,
         **gym_make_kwargs: Any,
     ) -> None:
         self._state = State.CREATED

@@ -96,6 +96,26 @@ class BlockingChannel(_Base):
             self._unanswered -= 1
             return message
 
+    def try_request(self, payload: bytes, what: str, timeout: float) -> list[Any] | None:
+        """``request`` if no other thread has a call in flight, else ``None`` at once."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            deadline = time.monotonic() + timeout
+            self._post(payload, what, deadline, timeout)
+            message = self._receive(what, deadline, timeout)
+            self._unanswered -= 1
+            return message
+        finally:
+            self._lock.release()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no call is in flight; ``False`` if that took longer than ``timeout``."""
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        self._lock.release()
+        return True
+
     def send(self, payload: bytes, what: str, timeout: float | None = None) -> None:
         """First half of a split request (vector ``step_async``); ``receive`` completes it.
 
@@ -182,6 +202,16 @@ class AsyncChannel(_Base):
                     return await self._exchange(payload, what)
             except TimeoutError:
                 raise _timeout_error(self.child, what, timeout) from None
+
+    @property
+    def busy(self) -> bool:
+        """Whether a call is in flight."""
+        return self._lock.locked()
+
+    async def wait_idle(self) -> None:
+        """Wait until no call is in flight."""
+        async with self._lock:
+            pass
 
     async def receive_unprompted(self, what: str) -> list[Any]:
         """Wait for a message the child sends on its own (the HELLO)."""

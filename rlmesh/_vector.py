@@ -112,8 +112,8 @@ class VectorCore:
     def shm_requests(self) -> list[bytes | None]:
         """``SHM_SETUP`` for each worker whose observation batch is large enough to gain."""
         space = self.single_observation_space
-        if type(space) is not Box:
-            return [None] * len(self.sizes)
+        if type(space) is not Box or self.sandboxes[0].spec.isolation == "bwrap":
+            return [None] * len(self.sizes)  # bwrap: the worker's pid is not ours to map
         item = int(np.prod(space.shape)) * np.dtype(space.dtype).itemsize
         return [
             self.encoder.encode([P.SHM_SETUP, size * item]) if size * item >= SHM_MIN else None

@@ -26,9 +26,10 @@ import platform
 import select
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _protocol as P
 from ._codec import Decoder, Encoder
@@ -124,6 +125,8 @@ class Worker:
                         reply = [P.OK, obs, reward, terminated, truncated, info]
                         if self._shm is not None:
                             reply = self._via_shm(reply)
+                    except MemoryError:
+                        _out_of_memory()
                     except Exception as exc:
                         reply = self._error(exc)
                 else:
@@ -149,6 +152,8 @@ class Worker:
                 message = cloudpickle.loads(message[1])
                 kind = message[0]
             return self._handlers[kind](*message[1:])
+        except MemoryError:
+            _out_of_memory()
         except Exception as exc:
             return self._error(exc)
 
@@ -295,6 +300,16 @@ class Worker:
             env.close()
 
 
+OUT_OF_MEMORY_EXIT = 137  # what the kernel's OOM killer leaves (128 + SIGKILL)
+
+
+def _out_of_memory() -> NoReturn:
+    """A sandbox that ran out of memory may be half-updated: end it, as the OOM killer would."""
+    with contextlib.suppress(Exception):
+        os.write(2, b"rlmesh sandbox: the environment ran out of memory (MemoryError); exiting\n")
+    os._exit(OUT_OF_MEMORY_EXIT)
+
+
 def _fd_reader(fd: int) -> Callable[[int], bytes]:
     """Reads with a short adaptive spin first (see ``_spin``), then a blocking wait."""
     os.set_blocking(fd, False)
@@ -331,20 +346,58 @@ def _close_quietly(*fds: int) -> None:
             os.close(fd)
 
 
+def _watch_host(fd: int) -> None:
+    """Wait for the host's end of the request pipe to close, then end our process group.
+
+    Runs in a daemon thread, so it fires even while the env is busy in a long step: a host
+    that dies (even by SIGKILL) takes this sandbox and every process the env started with it.
+    """
+    poller = select.poll()
+    poller.register(fd, 0)  # no events asked: poll reports only hang-up and errors
+    while True:
+        try:
+            if poller.poll():
+                break
+        except InterruptedError:
+            continue
+    with contextlib.suppress(OSError):
+        os.killpg(0, signal.SIGKILL)
+
+
+def _set_limits(memory: int | None, cpu_seconds: int | None) -> None:
+    import resource
+
+    if memory is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    if cpu_seconds is not None:
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+
+
+def _parse(args: list[str]) -> Any:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m rlmesh._worker")
+    streams = parser.add_mutually_exclusive_group(required=True)
+    streams.add_argument("--fds", nargs=2, type=int, metavar=("READ_FD", "WRITE_FD"))
+    streams.add_argument("--stdio", action="store_true")
+    parser.add_argument("--max-memory", type=int, default=None, help="bytes (RLIMIT_AS)")
+    parser.add_argument("--max-cpu-seconds", type=int, default=None, help="RLIMIT_CPU")
+    return parser.parse_args(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the sandbox process."""
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["--stdio"]:
+    options = _parse(sys.argv[1:] if argv is None else argv)
+    if options.stdio:
         rfd, wfd = os.dup(0), os.dup(1)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
         os.dup2(2, 1)
-    elif len(args) == 3 and args[0] == "--fds":
-        rfd, wfd = int(args[1]), int(args[2])
     else:
-        print("usage: python -m rlmesh._worker (--fds READ_FD WRITE_FD | --stdio)", file=sys.stderr)
-        return 2
+        rfd, wfd = options.fds
+    _set_limits(options.max_memory, options.max_cpu_seconds)
+    threading.Thread(target=_watch_host, args=(rfd,), name="rlmesh-host-watch", daemon=True).start()
     os.set_inheritable(rfd, False)
     os.set_inheritable(wfd, False)
     # A child the env forks must not hold our protocol pipes open: the host detects our death

@@ -37,6 +37,44 @@ class Unserialisable:
         return "<Unserialisable thing>"
 
 
+class Evil:
+    """Unpickling this would create a file: proof that code from the sandbox ran."""
+
+    def __reduce__(self):
+        return (open, ("/tmp/rlmesh-evil-was-unpickled", "w"))
+
+
+def _pipes() -> list[int]:
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if fd > 2 and os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:"):
+                fds.append(fd)
+        except OSError:
+            continue
+    return fds
+
+
+def _probe(options: dict) -> dict:
+    import socket
+
+    result = {"pid": os.getpid()}
+    for name, path in (("write_tmp", "/tmp/rlmesh-probe"), ("write_home", options.get("home"))):
+        try:
+            with open(path, "w") as handle:
+                handle.write("x")
+            result[name] = True
+        except (OSError, TypeError):
+            result[name] = False
+    try:
+        socket.create_connection(("127.0.0.1", int(options.get("port", 9))), timeout=2).close()
+        result["network"] = True
+    except OSError:
+        result["network"] = False
+    return result
+
+
 class FaultyEnv(gym.Env):
     """Steps fine, or misbehaves according to ``mode``:
 
@@ -45,6 +83,16 @@ class FaultyEnv(gym.Env):
     print       step() prints to stdout, stderr and fd 1 directly
     messy       returns Python ints, an unserialisable info entry and CustomBox/Weird spaces
     tamper      reset() appends a comment to numpy/__init__.py in its own site-packages
+    segv        step() dereferences NULL (SIGSEGV)
+    sleep       step() sleeps ``factor`` seconds (default 600)
+    spawn       reset() starts a grandchild process (info["grandchild"]); step() sleeps
+    flood       step() writes 2 MB to stdout and to stderr
+    garbage     step() writes junk into every pipe it has open (the protocol's included)
+    bigframe    step() announces a 2 GiB frame on every pipe it has open
+    alloc       step() allocates ``factor`` bytes (default 1 GiB)
+    evil        step() returns an info value whose unpickling would run code
+    probe       reset() reports what the sandbox lets it do (files, network, pid)
+    spin        step() burns CPU for ``factor`` seconds (default 600)
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -60,6 +108,13 @@ class FaultyEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self.t = 0
+        if self.mode == "spawn":
+            import subprocess
+
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+            return np.zeros(2, np.float32), {"grandchild": child.pid}
+        if self.mode == "probe":
+            return np.zeros(2, np.float32), _probe(options or {})
         if self.mode == "tamper":
             with open(np.__file__, "a") as handle:
                 handle.write("\n# tampered by a sandboxed env\n")
@@ -74,6 +129,37 @@ class FaultyEnv(gym.Env):
             sys.stderr.write("goodbye from the env\n")
             sys.stderr.flush()
             os._exit(3)
+        if self.mode == "segv":
+            import ctypes
+
+            ctypes.string_at(0)
+        if self.mode == "spin":
+            import time
+
+            end = time.process_time() + float(self.factor or 600)
+            while time.process_time() < end:
+                pass
+        if self.mode in ("sleep", "spawn") and self.t > 0:
+            import time
+
+            time.sleep(float(self.factor or 600))
+        if self.mode == "flood":
+            chunk = "x" * 1023 + "\n"
+            for _ in range(2048):
+                sys.stdout.write(chunk)
+                sys.stderr.write(chunk)
+        if self.mode in ("garbage", "bigframe"):
+            junk = b"\xff" * 64 if self.mode == "garbage" else b"\x00\x00\x00\x80"
+            for fd in _pipes():
+                try:
+                    os.write(fd, junk)
+                except OSError:
+                    pass
+        if self.mode == "alloc":
+            hog = bytearray(int(self.factor or 1 << 30))
+            hog[::4096] = b"x" * len(hog[::4096])
+        if self.mode == "evil":
+            return np.zeros(2, np.float32), 0.0, False, False, {"evil": Evil()}
         if self.mode == "print":
             print("hello from print", self.t)
             sys.stderr.write(f"hello from stderr {self.t}\n")
