@@ -88,6 +88,7 @@ class AsyncSandboxEnv(AsyncFace):
         self._encoder = P.RequestEncoder()
         self._contains: Any = None
         self._timeout = self._spec.call_timeout
+        self.restarts = 0  # sandboxes replaced by auto_restart
 
     async def start(self) -> None:
         """Start the sandbox of an env built with the constructor (``create`` does this)."""
@@ -100,6 +101,19 @@ class AsyncSandboxEnv(AsyncFace):
         self._env_spec = host_env_spec(sandbox)
         self._finalizer = weakref.finalize(self, sandbox.child.abandon)
         self._state = State.READY
+
+    async def _restart(self) -> None:
+        """Replace a broken sandbox with a fresh one (``auto_restart``)."""
+        old = self._started()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(old.child.stop, 0.5)
+        self._finalizer.detach()
+        sandbox = await start_sandbox(self._spec)
+        self._sandbox = sandbox
+        self._channel = AsyncChannel(sandbox.child, sandbox.reader)
+        self._finalizer = weakref.finalize(self, sandbox.child.abandon)
+        self._state, self._reason = State.READY, None
+        self.restarts += 1
 
     # -- what the host knows -------------------------------------------------------------
 
@@ -176,7 +190,12 @@ class AsyncSandboxEnv(AsyncFace):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
         """Reset the env; returns ``(observation, info)``."""
+        restarted = self._state is State.BROKEN and self._spec.auto_restart
+        if restarted:
+            await self._restart()
         reply = await self._call([P.RESET, seed, options], "reset()", 3)
+        if restarted:
+            return reply[1], {**reply[2], "rlmesh_restarted": True}
         return reply[1], reply[2]
 
     async def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:

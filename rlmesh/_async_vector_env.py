@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -19,6 +19,7 @@ from ._sandbox import (
     host_env_spec,
     is_fatal,
     reply_values,
+    start_sandbox,
     start_vector_sandboxes,
 )
 from ._spec import DEFAULT_STARTUP_TIMEOUT, spec_from_arguments
@@ -82,6 +83,7 @@ class AsyncSandboxVectorEnv(AsyncFace):
         self._channels: list[AsyncChannel] = []
         self._pending = False
         self._timeout = self._spec.call_timeout
+        self.restarts = 0  # workers replaced by auto_restart
 
     async def start(self) -> None:
         """Start the workers of an env built with the constructor (``create`` does this)."""
@@ -90,7 +92,9 @@ class AsyncSandboxVectorEnv(AsyncFace):
         sandboxes = await start_vector_sandboxes(
             self._spec, self._sizes, self._mode, self._autoreset
         )
-        self._core = VectorCore(sandboxes, self._sizes, self._spec.label)
+        self._core = VectorCore(
+            sandboxes, self._sizes, self._spec.label, self._mode, self._autoreset
+        )
         self._channels = [AsyncChannel(s.child, s.reader) for s in sandboxes]
         self._env_spec = host_env_spec(sandboxes[0])
         self._finalizers = [weakref.finalize(self, s.child.abandon) for s in sandboxes]
@@ -146,11 +150,35 @@ class AsyncSandboxVectorEnv(AsyncFace):
             raise closed_error(self._spec.label, self._state, self._reason)
         if self._pending:
             raise RuntimeError(f"{what} while a step_async() awaits its step_wait()")
-        await self._guard(what, lambda: _send_all(self._channels, payloads, what))
+        await self._guard(what, lambda: self._exchange_some(payloads, what, receive=False))
 
     async def _receive(self, what: str) -> list[list[Any]]:
-        channels, timeout = self._channels, self._timeout
-        return await self._guard(what, lambda: _receive_all(channels, what, timeout))  # type: ignore[no-any-return]
+        everyone: list[bytes | None] = [b""] * len(self._channels)
+        return await self._guard(  # type: ignore[no-any-return]
+            what, lambda: self._exchange_some(everyone, what, send=False)
+        )
+
+    async def _exchange_some(
+        self,
+        payloads: Sequence[bytes | None],
+        what: str,
+        *,
+        send: bool = True,
+        receive: bool = True,
+    ) -> list[Any]:
+        """Send to and/or receive from the workers whose payload is not ``None``."""
+        core = self._started()
+        chosen = [index for index, payload in enumerate(payloads) if payload is not None]
+        if send:
+            for index in chosen:
+                core.at = index
+                await self._channels[index].send(payloads[index] or b"", what)
+        got: list[Any] = [None] * len(self._channels)
+        if receive:
+            for index in chosen:
+                core.at = index
+                got[index] = await self._channels[index].receive(what, self._timeout)
+        return got
 
     async def _guard(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
         try:
@@ -159,8 +187,11 @@ class AsyncSandboxVectorEnv(AsyncFace):
             if is_fatal(exc):
                 self._state = State.BROKEN
                 self._reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-                for sandbox in self._started().sandboxes:
-                    sandbox.child.abandon()
+                core = self._started()
+                failed = [core.at] if self._spec.auto_restart else range(len(core.sizes))
+                for index in failed:  # auto_restart keeps the healthy workers for later
+                    core.sandboxes[index].child.abandon()
+                    core.dead.add(index)
             raise
 
     async def reset(
@@ -168,20 +199,33 @@ class AsyncSandboxVectorEnv(AsyncFace):
     ) -> tuple[Any, dict[str, Any]]:
         """Reset sub-envs (all, or those in ``options["reset_mask"]``)."""
         core = self._started()
+        restarted = sorted(core.dead) if self._spec.auto_restart else []
+        if restarted and self._state is State.BROKEN:
+            await self._restart(restarted)
         if self._state is not State.READY:
             raise closed_error(self._spec.label, self._state, self._reason)
         if self._pending:
             raise RuntimeError("reset() while a step_async() awaits its step_wait()")
         payloads = core.reset_requests(seed, options)
-        chosen = [(c, p) for c, p in zip(self._channels, payloads, strict=True) if p is not None]
+        replies = await self._guard("reset()", lambda: self._exchange_some(payloads, "reset()"))
+        obs, infos = core.join_reset(replies)
+        return obs, core.restarted_infos(infos, restarted) if restarted else infos
 
-        async def run() -> list[Any]:
-            for channel, payload in chosen:
-                await channel.send(payload, "reset()")
-            got = {id(c): await c.receive("reset()", self._timeout) for c, _ in chosen}
-            return [got.get(id(channel)) for channel in self._channels]
-
-        return core.join_reset(await self._guard("reset()", run))
+    async def _restart(self, indices: list[int]) -> None:
+        """Replace the stopped workers with fresh ones (``auto_restart``); keep the others."""
+        core = self._started()
+        for index in indices:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(core.sandboxes[index].child.stop, 0.5)
+            self._finalizers[index].detach()
+            vector, label = core.worker(index)
+            sandbox = await start_sandbox(self._spec, vector, label)
+            core.replace(index, sandbox)
+            self._channels[index] = AsyncChannel(sandbox.child, sandbox.reader)
+            self._finalizers[index] = weakref.finalize(self, sandbox.child.abandon)
+        self._state, self._reason = State.READY, None
+        self.restarts += len(indices)
+        await self._setup_shm()
 
     async def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Step every sub-env with its action; batched results, as Gymnasium returns them."""

@@ -66,13 +66,12 @@ class SandboxEnv(gym.Env[Any, Any]):
     ) -> None:
         self._state = State.CREATED
         spec = spec_from_arguments(source, locals())
+        self._spec_options = spec
         self._label = spec.label
         self._reason: str | None = None
+        self.restarts = 0
         sandbox: Sandbox = portal_call(start_sandbox, spec)
-        self._sandbox = sandbox
-        self._channel = BlockingChannel(sandbox.child, sandbox.reader)
-        self._request = self._channel.request
-        self._finalizer = weakref.finalize(self, sandbox.child.abandon)
+        self._install(sandbox)
         self._encode = P.RequestEncoder().encode
         self._timeout = spec.call_timeout
         self._contains = action_checker(sandbox.action_space)
@@ -84,6 +83,20 @@ class SandboxEnv(gym.Env[Any, Any]):
         self._wire_opaque(self.action_space, "action")
         self._wire_opaque(self.observation_space, "observation")
         self._state = State.READY
+
+    def _install(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+        self._channel = BlockingChannel(sandbox.child, sandbox.reader)
+        self._request = self._channel.request
+        self._finalizer = weakref.finalize(self, sandbox.child.abandon)
+
+    def _restart(self) -> None:
+        """Replace a broken sandbox with a fresh one (``auto_restart``)."""
+        self._sandbox.child.stop(0.5)
+        self._finalizer.detach()
+        self._install(portal_call(start_sandbox, self._spec_options))
+        self._state, self._reason = State.READY, None
+        self.restarts += 1
 
     def _wire_opaque(self, space: Any, which: str) -> None:
         if not isinstance(space, OpaqueSpace):
@@ -162,7 +175,12 @@ class SandboxEnv(gym.Env[Any, Any]):
     ) -> tuple[Any, dict[str, Any]]:
         """Reset the env in the sandbox; returns ``(observation, info)``."""
         super().reset(seed=seed)
+        restarted = self._state is State.BROKEN and self._spec_options.auto_restart
+        if restarted:
+            self._restart()
         reply = self._call([P.RESET, seed, options], "reset()", 3)
+        if restarted:
+            return reply[1], {**reply[2], "rlmesh_restarted": True}
         return reply[1], reply[2]
 
     def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:

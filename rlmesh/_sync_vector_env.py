@@ -23,6 +23,7 @@ from ._sandbox import (
     host_env_spec,
     is_fatal,
     reply_values,
+    start_sandbox,
     start_vector_sandboxes,
 )
 from ._spec import DEFAULT_STARTUP_TIMEOUT, spec_from_arguments
@@ -72,8 +73,10 @@ class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
         self._reason: str | None = None
         self._timeout = spec.call_timeout
         self._pending = False
+        self.restarts = 0  # workers replaced by auto_restart
         sandboxes = portal_call(start_vector_sandboxes, spec, sizes, vectorization_mode, autoreset)
-        self._core = core = VectorCore(sandboxes, sizes, spec.label)
+        self._spec_options = spec
+        self._core = core = VectorCore(sandboxes, sizes, spec.label, vectorization_mode, autoreset)
         self._channels = [BlockingChannel(s.child, s.reader) for s in sandboxes]
         self._finalizers = [weakref.finalize(self, s.child.abandon) for s in sandboxes]
         self.num_envs = core.num_envs
@@ -116,8 +119,11 @@ class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
             if is_fatal(exc):
                 self._state = State.BROKEN
                 self._reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-                for sandbox in self._core.sandboxes:
-                    sandbox.child.abandon()
+                core = self._core
+                failed = [core.at] if self._spec_options.auto_restart else range(len(core.sizes))
+                for index in failed:  # auto_restart keeps the healthy workers for later
+                    core.sandboxes[index].child.abandon()
+                    core.dead.add(index)
             raise
 
     def _send(self, payloads: list[bytes], what: str) -> None:
@@ -127,15 +133,21 @@ class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
             raise RuntimeError(f"{what} while a step_async() awaits its step_wait()")
 
         def send() -> None:
-            for channel, payload in zip(self._channels, payloads, strict=True):
+            for index, (channel, payload) in enumerate(zip(self._channels, payloads, strict=True)):
+                self._core.at = index
                 channel.send(payload, what, self._timeout)
 
         self._guard(send)
 
     def _receive(self, what: str) -> list[list[Any]]:
-        return self._guard(  # type: ignore[no-any-return]
-            lambda: [channel.receive(what, self._timeout) for channel in self._channels]
-        )
+        def receive() -> list[list[Any]]:
+            replies = []
+            for index, channel in enumerate(self._channels):
+                self._core.at = index
+                replies.append(channel.receive(what, self._timeout))
+            return replies
+
+        return self._guard(receive)  # type: ignore[no-any-return]
 
     def _exchange(self, payloads: list[bytes], what: str) -> list[list[Any]]:
         self._send(payloads, what)
@@ -147,13 +159,17 @@ class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
             raise closed_error(self._label, self._state, self._reason)
         if self._pending:
             raise RuntimeError(f"{what} while a step_async() awaits its step_wait()")
-        chosen = [(c, p) for c, p in zip(self._channels, payloads, strict=True) if p is not None]
+        chosen = [(i, p) for i, p in enumerate(payloads) if p is not None]
 
         def run() -> list[Any]:
-            for channel, payload in chosen:
-                channel.send(payload, what, self._timeout)
-            got = {id(channel): channel.receive(what, self._timeout) for channel, _ in chosen}
-            return [got.get(id(channel)) for channel in self._channels]
+            for index, payload in chosen:
+                self._core.at = index
+                self._channels[index].send(payload, what, self._timeout)
+            got: list[Any] = [None] * len(self._channels)
+            for index, _ in chosen:
+                self._core.at = index
+                got[index] = self._channels[index].receive(what, self._timeout)
+            return got
 
         return self._guard(run)  # type: ignore[no-any-return]
 
@@ -163,7 +179,28 @@ class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
         """Reset sub-envs (all, or those in ``options["reset_mask"]``)."""
         super().reset(seed=seed if isinstance(seed, int) else None)
         core = self._core
-        return core.join_reset(self._exchange_some(core.reset_requests(seed, options), "reset()"))
+        restarted = sorted(core.dead) if self._spec_options.auto_restart else []
+        if restarted and self._state is State.BROKEN:
+            self._restart(restarted)
+        obs, infos = core.join_reset(
+            self._exchange_some(core.reset_requests(seed, options), "reset()")
+        )
+        return obs, core.restarted_infos(infos, restarted) if restarted else infos
+
+    def _restart(self, indices: list[int]) -> None:
+        """Replace the stopped workers with fresh ones (``auto_restart``); keep the others."""
+        core = self._core
+        for index in indices:
+            core.sandboxes[index].child.stop(0.5)
+            self._finalizers[index].detach()
+            vector, label = core.worker(index)
+            sandbox = portal_call(start_sandbox, self._spec_options, vector, label)
+            core.replace(index, sandbox)
+            self._channels[index] = BlockingChannel(sandbox.child, sandbox.reader)
+            self._finalizers[index] = weakref.finalize(self, sandbox.child.abandon)
+        self._state, self._reason = State.READY, None
+        self.restarts += len(indices)
+        self._setup_shm()
 
     def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Step every sub-env with its action; batched results."""

@@ -66,7 +66,14 @@ def _batched(space: Any, n: int) -> Any:
 class VectorCore:
     """Spaces, metadata and the pure split/join of requests for a set of worker sandboxes."""
 
-    def __init__(self, sandboxes: list[Sandbox], sizes: list[int], label: str) -> None:
+    def __init__(
+        self,
+        sandboxes: list[Sandbox],
+        sizes: list[int],
+        label: str,
+        vectorization_mode: str = "sync",
+        autoreset_mode: str | None = None,
+    ) -> None:
         from gymnasium.vector import AutoresetMode
 
         self.sandboxes = sandboxes
@@ -87,6 +94,38 @@ class VectorCore:
         self.encoder = P.RequestEncoder()
         self._last_obs: list[Any] = []  # per worker: observations of the last reply
         self._shm: list[Any] = [None] * len(sizes)  # per worker: (mmap, ndarray view) or None
+        self._mode, self._autoreset = vectorization_mode, autoreset_mode
+        self.dead: set[int] = set()  # workers stopped after a failure, for auto_restart
+        self.at = 0  # the worker the current send or receive is talking to
+
+    def worker(self, index: int) -> tuple[dict[str, Any], str]:
+        """The vector request and the label that start worker ``index``."""
+        vector = {
+            "num_envs": self.sizes[index],
+            "vectorization_mode": self._mode,
+            "autoreset_mode": self._autoreset,
+        }
+        if len(self.sizes) == 1:
+            return vector, self.label
+        return vector, f"{self.label} [worker {index}/{len(self.sizes)}]"
+
+    def replace(self, index: int, sandbox: Sandbox) -> None:
+        """Put a fresh sandbox in worker ``index``'s place (after ``auto_restart``)."""
+        entry = self._shm[index]
+        if entry is not None:
+            self._shm[index] = None
+            with contextlib.suppress(BufferError):
+                entry[0].close()
+        self.sandboxes[index] = sandbox
+        self.dead.discard(index)
+
+    def restarted_infos(self, infos: dict[str, Any], indices: list[int]) -> dict[str, Any]:
+        """Mark the sub-envs of restarted workers in ``infos`` (Gymnasium's mask style)."""
+        flags = np.zeros(self.num_envs, dtype=bool)
+        for index in indices:
+            start, stop = self.ranges[index]
+            flags[start:stop] = True
+        return {**infos, "rlmesh_restarted": flags, "_rlmesh_restarted": np.ones_like(flags)}
 
     def reset_requests(self, seed: Any, options: Any) -> list[bytes | None]:
         """One payload per worker; ``None`` for a worker that ``reset_mask`` leaves alone."""
@@ -110,14 +149,17 @@ class VectorCore:
     # -- shared memory for large observations ---------------------------------------------
 
     def shm_requests(self) -> list[bytes | None]:
-        """``SHM_SETUP`` for each worker whose observation batch is large enough to gain."""
+        """``SHM_SETUP`` for each worker whose observation batch is large enough to gain
+        (and whose buffer is not mapped yet)."""
         space = self.single_observation_space
         if type(space) is not Box or self.sandboxes[0].spec.isolation == "bwrap":
             return [None] * len(self.sizes)  # bwrap: the worker's pid is not ours to map
         item = int(np.prod(space.shape)) * np.dtype(space.dtype).itemsize
         return [
-            self.encoder.encode([P.SHM_SETUP, size * item]) if size * item >= SHM_MIN else None
-            for size in self.sizes
+            self.encoder.encode([P.SHM_SETUP, size * item])
+            if size * item >= SHM_MIN and self._shm[index] is None
+            else None
+            for index, size in enumerate(self.sizes)
         ]
 
     def attach_shm(self, index: int, reply: list[Any]) -> bytes | None:
