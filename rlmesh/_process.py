@@ -212,9 +212,12 @@ class ChildProcess:
                     os.close(fd)
 
 
-def bwrap_command(cwd: str = "/tmp") -> list[str]:
+def bwrap_command(keep: Sequence[str] = (), cwd: str = "/tmp") -> list[str]:
     """The bubblewrap prefix of ``isolation="bwrap"``: no network, the whole filesystem
     read-only but a fresh ``/tmp``, its own PID (and IPC, UTS) namespace, gone with the host.
+
+    ``keep`` are paths (the venv, the interpreter) bound read-only again on top of the fresh
+    ``/tmp``, in case they live under it.
     """
     binary = shutil.which("bwrap")
     if binary is None:
@@ -224,7 +227,9 @@ def bwrap_command(cwd: str = "/tmp") -> list[str]:
         )
     return [
         binary, "--die-with-parent", "--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev",
-        "--proc", "/proc", "--tmpfs", "/tmp", "--chdir", cwd, "--",
+        "--proc", "/proc", "--tmpfs", "/tmp",
+        *[arg for path in keep for arg in ("--ro-bind", path, path)],
+        "--chdir", cwd, "--",
     ]  # fmt: skip
 
 

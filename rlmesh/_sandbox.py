@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -109,7 +110,9 @@ async def start_sandbox(
         raise NotImplementedError(
             f"{spec.label!r}: Hugging Face EnvHub sources are not supported yet; use a Gymnasium id"
         )
-    wrapper = bwrap_command() if spec.isolation == "bwrap" else []
+    wrapper: list[str] = []
+    if spec.isolation == "bwrap":
+        wrapper = bwrap_command()  # checked before the build: a missing bwrap fails fast
     worker_args: list[str] = []
     if spec.max_memory is not None:
         worker_args += ["--max-memory", str(spec.max_memory)]
@@ -119,6 +122,9 @@ async def start_sandbox(
     try:
         with anyio.fail_after(spec.startup_timeout):
             venv = await ensure_venv(spec)
+            if wrapper:
+                keep = [str(venv.path), os.path.realpath(sys.base_prefix)]
+                wrapper = bwrap_command([p for p in keep if p.startswith("/tmp")])
             try:  # the child inherits the venv's in-use lock, so no prune removes it meanwhile
                 child = await anyio.to_thread.run_sync(
                     lambda: spawn_worker(

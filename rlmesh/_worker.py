@@ -143,6 +143,11 @@ class Worker:
         if self.env is not None and not self._closing:
             self._close_env()
 
+    @property
+    def closed_by_host(self) -> bool:
+        """Whether serving ended with the host's CLOSE (rather than the host vanishing)."""
+        return self._closing
+
     def _handle(self, message: list[Any]) -> list[Any]:
         try:
             kind = message[0]
@@ -361,7 +366,7 @@ def _watch_host(fd: int) -> None:
         except InterruptedError:
             continue
     with contextlib.suppress(OSError):
-        os.killpg(0, signal.SIGKILL)
+        os.killpg(0, signal.SIGKILL)  # us too: the host's stop() does the same on a close
 
 
 def _set_limits(memory: int | None, cpu_seconds: int | None) -> None:
@@ -407,10 +412,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
-    try:
-        Worker(_fd_reader(rfd), _fd_writer(wfd)).serve()
-    except BrokenPipeError:
-        return 0  # the host went away mid-reply
+    worker = Worker(_fd_reader(rfd), _fd_writer(wfd))
+    with contextlib.suppress(BrokenPipeError):  # the host went away mid-reply
+        worker.serve()
+    if not worker.closed_by_host:  # the host is gone: take what the env started with us
+        with contextlib.suppress(OSError):
+            os.killpg(0, signal.SIGKILL)
     return 0
 
 

@@ -6,6 +6,7 @@ third-party packages register on import; the tests pass ``imports=["rlmesh_test_
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Any
@@ -142,6 +143,7 @@ class FaultyEnv(gym.Env):
         if self.mode in ("sleep", "spawn") and self.t > 0:
             import time
 
+            print("sleeping in step", flush=True)
             time.sleep(float(self.factor or 600))
         if self.mode == "flood":
             chunk = "x" * 1023 + "\n"
@@ -151,10 +153,8 @@ class FaultyEnv(gym.Env):
         if self.mode in ("garbage", "bigframe"):
             junk = b"\xff" * 64 if self.mode == "garbage" else b"\x00\x00\x00\x80"
             for fd in _pipes():
-                try:
+                with contextlib.suppress(OSError):
                     os.write(fd, junk)
-                except OSError:
-                    pass
         if self.mode == "alloc":
             hog = bytearray(int(self.factor or 1 << 30))
             hog[::4096] = b"x" * len(hog[::4096])
