@@ -105,6 +105,8 @@ class AsyncSandboxEnv(AsyncFace):
     async def _restart(self) -> None:
         """Replace a broken sandbox with a fresh one (``auto_restart``)."""
         old = self._started()
+        if self._channel is not None:
+            self._channel.close()
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(old.child.stop, 0.5)
         self._finalizer.detach()
@@ -231,6 +233,7 @@ class AsyncSandboxEnv(AsyncFace):
                 with contextlib.suppress(SandboxError):  # stop() below makes sure
                     goodbye = self._encoder.encode([P.CLOSE])
                     await channel.request(goodbye, "close()", CLOSE_TIMEOUT)
+            channel.close()
             await anyio.to_thread.run_sync(sandbox.child.stop)
             self._finalizer.detach()
 

@@ -218,6 +218,7 @@ class AsyncSandboxVectorEnv(AsyncFace):
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(core.sandboxes[index].child.stop, 0.5)
             self._finalizers[index].detach()
+            self._channels[index].close()
             vector, label = core.worker(index)
             sandbox = await start_sandbox(self._spec, vector, label)
             core.replace(index, sandbox)
@@ -286,6 +287,8 @@ class AsyncSandboxVectorEnv(AsyncFace):
                         await _send_all(self._channels, close, "close()")
                         await _receive_all(self._channels, "close()", CLOSE_TIMEOUT)
             self._state = State.CLOSED
+            for channel in self._channels:
+                channel.close()
             for sandbox in core.sandboxes:
                 await anyio.to_thread.run_sync(sandbox.child.stop)
             core.release_shm()

@@ -127,6 +127,19 @@ class Encoder:
         #: The raw packer's ``pack``: fastest, but raises ``UnsafeValueError`` or
         #: ``OverflowError`` where ``encode`` would handle the value.
         self.pack_fast = self._packer.pack
+        #: Clears the packer's buffer after ``pack_fast`` raised.
+        self.reset = self._packer.reset
+
+    def array(self, value: Any) -> Any:
+        """``value`` as its extension type if it is a plain array of a dtype and shape seen
+        before (the step hot path, which saves msgpack a ``default`` round trip); else
+        ``value`` itself."""
+        if type(value) is _ndarray:
+            dtype = value.dtype
+            cached = self._headers.get((id(dtype), value.shape))
+            if cached is not None and cached[0] is dtype:
+                return _ext(ND, cached[1] + value.tobytes())
+        return value
 
     def encode(self, value: Any) -> bytes:
         """Return the bytes of ``value``."""

@@ -51,7 +51,13 @@ SHM_SETUP = 12  # vector envs: [SHM_SETUP, nbytes] -> [OK, memfd number in the c
 HELLO, OK, ERROR = 100, 101, 102
 OK_SHM = 103  # as OK, but the observations (item 1) are in the shared buffer, item 1 is None
 
-_HEADER = struct.Struct("<I")
+HEADER = struct.Struct("<I")  # a frame's payload length
+_HEADER = HEADER
+
+
+def frame_too_large(size: int) -> str:
+    """The message for a payload over ``MAX_FRAME``."""
+    return f"a message of {size} bytes exceeds the {MAX_FRAME}-byte frame limit"
 
 
 def frame_header(size: int) -> bytes:
@@ -60,7 +66,7 @@ def frame_header(size: int) -> bytes:
     Raises ``ValueError`` (nothing was sent, the sandbox stays usable) if it is too large.
     """
     if size > MAX_FRAME:
-        raise ValueError(f"a message of {size} bytes exceeds the {MAX_FRAME}-byte frame limit")
+        raise ValueError(frame_too_large(size))
     return _HEADER.pack(size)
 
 
@@ -88,6 +94,16 @@ class FrameReader:
         if self._need:
             return max(1, self._need + 4 - len(self._buffer))
         return max(1, 4 - len(self._buffer))
+
+    def whole(self, data: bytes) -> bytes | None:
+        """The payload if ``data`` is exactly one whole frame and nothing is pending, else
+        ``None`` (then ``feed`` it). The cheap path for a reply read in one piece."""
+        if self._buffer or not self._synced or len(data) < 4:
+            return None
+        (size,) = _HEADER.unpack_from(data)
+        if len(data) != 4 + size or size > self._max_frame:
+            return None
+        return data[4:]
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Add ``data``; return the complete payloads now available, in order."""

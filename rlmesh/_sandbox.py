@@ -196,6 +196,8 @@ async def _handshake(
         raise failed(f"the worker exited ({exc.exit_code}) before it was ready") from None
     except (ProtocolError, KeyError, TypeError, ValueError) as exc:
         raise failed(f"bad startup reply: {exc}") from None
+    finally:
+        channel.close()  # the face that takes the sandbox reads through its own channel
 
 
 async def start_vector_sandboxes(

@@ -87,7 +87,8 @@ class SandboxEnv(gym.Env[Any, Any]):
     def _install(self, sandbox: Sandbox) -> None:
         self._sandbox = sandbox
         self._channel = BlockingChannel(sandbox.child, sandbox.reader)
-        self._request = self._channel.request
+        self._request = self._channel.request_frame
+        self._step_frames: dict[int, bytes] = {}  # int action -> its STEP frame
         self._finalizer = weakref.finalize(self, sandbox.child.abandon)
 
     def _restart(self) -> None:
@@ -151,7 +152,8 @@ class SandboxEnv(gym.Env[Any, Any]):
         if self._state is not State.READY:
             raise closed_error(self._label, self._state, self._reason)
         try:
-            return reply_values(self._request(self._encode(message), what, self._timeout), length)
+            reply = self._channel.request(self._encode(message), what, self._timeout)
+            return reply_values(reply, length)
         except SandboxError as exc:
             error = self._failed(exc, what)
             if error is exc:
@@ -194,8 +196,11 @@ class SandboxEnv(gym.Env[Any, Any]):
             raise bad_action(self._sandbox, action)
         if self._state is not State.READY:
             raise closed_error(self._label, self._state, self._reason)
+        frame = self._step_frames.get(action) if type(action) is int else None
+        if frame is None:
+            frame = self._step_frame(action)
         try:
-            reply = self._request(self._encode([P.STEP, action]), "step()", self._timeout)
+            reply = self._request(frame, "step()", self._timeout)
             if reply[0] != P.OK or len(reply) != 6:
                 reply_values(reply, 6)
         except SandboxError as exc:
@@ -204,6 +209,13 @@ class SandboxEnv(gym.Env[Any, Any]):
                 raise
             raise error from exc
         return reply[1], reply[2], reply[3], reply[4], reply[5]
+
+    def _step_frame(self, action: Any) -> bytes:
+        payload = self._encode([P.STEP, action])
+        frame = P.frame_header(len(payload)) + payload
+        if type(action) is int and len(self._step_frames) < 64:  # Discrete: a few values
+            self._step_frames[action] = frame
+        return frame
 
     def render(self) -> Any:
         """Render in the sandbox (``rgb_array``: HxWx3 uint8 array; ``ansi``: str)."""

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from . import _protocol as P
-from ._codec import Decoder, Encoder
+from ._codec import Encoder, unpack
 from ._spaces import space_to_data
 from ._spin import Spinner
 from ._version import __version__
@@ -83,7 +83,8 @@ class Worker:
         self._read = read
         self._write = write
         self._encoder = Encoder(opaque=True)
-        self._decoder = Decoder()
+        self._pack = self._encoder.pack_fast
+        self._reset_packer = self._encoder.reset
         self.env: Any = None
         self._handlers: dict[int, Callable[..., list[Any]]] = {
             P.MAKE: self._make,
@@ -105,41 +106,52 @@ class Worker:
         payload = self._encoder.encode(message)
         self._write(P.frame_header(len(payload)) + payload)
 
+    def _frame(self, reply: list[Any]) -> bytes:
+        """The frame of a reply; the frame of an error reply if the reply cannot be sent."""
+        try:
+            out = self._pack(reply)
+        except Exception:
+            self._reset_packer()
+            try:  # the full encoder: ints over 64 bits, values sent as RemoteObject
+                out = self._encoder.encode(reply)
+            except Exception as exc:  # an unhashable key, say
+                out = self._encoder.encode(self._error(exc))
+        if len(out) > P.MAX_FRAME:
+            out = self._encoder.encode(self._error(ValueError(P.frame_too_large(len(out)))))
+        return P.HEADER.pack(len(out)) + out
+
     def serve(self) -> None:
         """Say HELLO, then answer requests until CLOSE or the host goes away."""
         self._write(P.MAGIC)
         self._send([P.HELLO, _versions()])
-        reader = P.FrameReader(expect_magic=False)
-        read, write, decode = self._read, self._write, self._decoder.decode
-        pack, header = self._encoder.encode, P.frame_header
-        handle, step = self._handle, P.STEP
+        feed = P.FrameReader(expect_magic=False).feed
+        read, write, handle, frame = self._read, self._write, self._handle, self._frame
+        array, step, ok = self._encoder.array, P.STEP, P.OK
         while not self._closing:
             data = read(1 << 16)
             if not data:
                 break  # the host closed the pipe: it is gone or done with us
-            for payload in reader.feed(data):
-                message = decode(payload)
+            for payload in feed(data):
+                message = unpack(payload)
                 if message[0] == step and self.env is not None:
                     try:  # the hot path, inlined
                         obs, reward, terminated, truncated, info = self.env.step(message[1])
-                        reply = [P.OK, obs, reward, terminated, truncated, info]
-                        if self._shm is not None:
-                            reply = self._via_shm(reply)
+                        if self._shm is None:
+                            reply = [ok, array(obs), reward, terminated, truncated, info]
+                        else:
+                            reply = self._via_shm([ok, obs, reward, terminated, truncated, info])
                     except MemoryError:
                         _out_of_memory()
                     except Exception as exc:
                         reply = self._error(exc)
                 else:
                     reply = handle(message)
-                try:
-                    out = pack(reply)
-                    head = header(len(out))
-                except Exception as exc:  # an unhashable key, a reply over the frame limit
-                    out = pack(self._error(exc))
-                    head = header(len(out))
-                write(head + out if len(out) < 65536 else head)
-                if len(out) >= 65536:
-                    write(out)  # no concatenated copy of a large reply
+                out = frame(reply)
+                if len(out) < 65536:
+                    write(out)
+                else:  # no concatenated copy of a large reply
+                    write(out[:4])
+                    write(memoryview(out)[4:])
         if self.env is not None and not self._closing:
             self._close_env()
 
