@@ -220,17 +220,18 @@ class BlockingChannel(_Base):
         return P.decode_message(ready.pop(0))
 
 
+class _InFlight(threading.local):
+    """Async requests of this thread's event loop sent and not yet answered.
 
-
-class _Parked(threading.local):
-    """Async calls parked in this thread's event loop, waiting for a reply. A call spins
-    (``_spin``) before it parks only while none is: the loop then waits for nothing of ours
-    but this reply, and a short spin beats waking a halted CPU."""
+    A lone request (a rollout loop over one env) spins for its reply (``_spin``) after one
+    checkpoint, because waking a halted CPU from the event loop costs more than a sandboxed
+    step; with several in flight (many envs, vector workers) every one parks in the loop.
+    """
 
     count = 0
 
 
-_parked = _Parked()
+_in_flight = _InFlight()
 
 
 class _Gate:
@@ -342,9 +343,14 @@ class AsyncChannel(_Base):
         self._spin = Spinner(child.from_child).read
 
     def close(self) -> None:
-        """Stop reading (asyncio: unregister the standing reader). Idempotent."""
+        """Stop reading (asyncio: unregister the standing reader). Idempotent.
+
+        Call it from the thread of the channel's event loop.
+        """
         if self._loop_reader is not None:
             self._loop_reader.close()
+        _in_flight.count -= self._unanswered  # replies nobody will read
+        self._unanswered = 0
 
     async def request(self, payload: bytes, what: str, timeout: float | None = None) -> list[Any]:
         """Send one request payload and return the decoded reply message."""
@@ -375,7 +381,7 @@ class AsyncChannel(_Base):
     async def _exchange(self, payload: bytes, what: str) -> list[Any]:
         await self._post(payload, what)
         message = await self._receive(what)
-        self._unanswered -= 1
+        self._answered()
         return message
 
     async def send(self, payload: bytes, what: str) -> None:
@@ -392,15 +398,20 @@ class AsyncChannel(_Base):
                     message = await self._receive(what)
             except TimeoutError:
                 raise _timeout_error(self.child, what, timeout) from None
-        self._unanswered -= 1
+        self._answered()
         return message
+
+    def _answered(self) -> None:
+        self._unanswered -= 1
+        _in_flight.count -= 1
 
     async def _post(self, payload: bytes, what: str) -> None:
         while self._unanswered:
             await self._receive(what)
-            self._unanswered -= 1
+            self._answered()
         await self._send(self._frame(payload), what)
         self._unanswered += 1
+        _in_flight.count += 1
 
     async def _send(self, data: bytes, what: str) -> None:
         fd = self.child.to_child
@@ -414,25 +425,25 @@ class AsyncChannel(_Base):
                 raise self.child.crashed_error(what) from None
 
     async def _receive(self, what: str) -> list[Any]:
-        parked = _parked
+        yielded = False
         while True:
             payload = self._next_payload()
             if payload is not None:
                 return P.decode_message(payload)
-            if not parked.count:  # nothing else of ours waits in this loop: spin first
+            if _in_flight.count <= 1:  # no other request of this loop waits: spin
+                if not yielded:  # but first give the loop's other tasks their turn
+                    yielded = True
+                    await anyio.lowlevel.checkpoint()
+                    continue
                 data = self._spin(self._read_size())
                 if data is not None:
                     await self._take(data, what)
                     continue
             loop = asyncio._get_running_loop()
-            parked.count += 1
-            try:
-                if loop is None:  # not asyncio (trio)
-                    await self._read_when_readable(what)
-                else:
-                    await self._read_with_reader(loop, what)
-            finally:
-                parked.count -= 1
+            if loop is None:  # not asyncio (trio)
+                await self._read_when_readable(what)
+            else:
+                await self._read_with_reader(loop, what)
 
     async def _take(self, data: bytes, what: str) -> None:
         if not data:

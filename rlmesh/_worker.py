@@ -106,8 +106,8 @@ class Worker:
         payload = self._encoder.encode(message)
         self._write(P.frame_header(len(payload)) + payload)
 
-    def _frame(self, reply: list[Any]) -> bytes:
-        """The frame of a reply; the frame of an error reply if the reply cannot be sent."""
+    def _payload(self, reply: list[Any]) -> bytes:
+        """The payload of a reply; that of an error reply if the reply cannot be sent."""
         try:
             out = self._pack(reply)
         except Exception:
@@ -118,14 +118,15 @@ class Worker:
                 out = self._encoder.encode(self._error(exc))
         if len(out) > P.MAX_FRAME:
             out = self._encoder.encode(self._error(ValueError(P.frame_too_large(len(out)))))
-        return P.HEADER.pack(len(out)) + out
+        return out  # type: ignore[no-any-return]
 
     def serve(self) -> None:
         """Say HELLO, then answer requests until CLOSE or the host goes away."""
         self._write(P.MAGIC)
         self._send([P.HELLO, _versions()])
         feed = P.FrameReader(expect_magic=False).feed
-        read, write, handle, frame = self._read, self._write, self._handle, self._frame
+        read, write, handle, encode = self._read, self._write, self._handle, self._payload
+        header = P.HEADER.pack
         array, step, ok = self._encoder.array, P.STEP, P.OK
         while not self._closing:
             data = read(1 << 16)
@@ -146,12 +147,12 @@ class Worker:
                         reply = self._error(exc)
                 else:
                     reply = handle(message)
-                out = frame(reply)
+                out = encode(reply)
                 if len(out) < 65536:
-                    write(out)
+                    write(header(len(out)) + out)
                 else:  # no concatenated copy of a large reply
-                    write(out[:4])
-                    write(memoryview(out)[4:])
+                    write(header(len(out)))
+                    write(out)
         if self.env is not None and not self._closing:
             self._close_env()
 
