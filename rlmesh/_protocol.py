@@ -52,7 +52,6 @@ HELLO, OK, ERROR = 100, 101, 102
 OK_SHM = 103  # as OK, but the observations (item 1) are in the shared buffer, item 1 is None
 
 HEADER = struct.Struct("<I")  # a frame's payload length
-_HEADER = HEADER
 
 
 def frame_too_large(size: int) -> str:
@@ -67,7 +66,7 @@ def frame_header(size: int) -> bytes:
     """
     if size > MAX_FRAME:
         raise ValueError(frame_too_large(size))
-    return _HEADER.pack(size)
+    return HEADER.pack(size)
 
 
 class FrameReader:
@@ -100,7 +99,7 @@ class FrameReader:
         ``None`` (then ``feed`` it). The cheap path for a reply read in one piece."""
         if self._buffer or not self._synced or len(data) < 4:
             return None
-        (size,) = _HEADER.unpack_from(data)
+        (size,) = HEADER.unpack_from(data)
         if len(data) != 4 + size or size > self._max_frame:
             return None
         return data[4:]
@@ -110,7 +109,7 @@ class FrameReader:
         buffer = self._buffer
         if self._synced and not buffer and len(data) >= 4:
             # Fast path: exactly one whole frame, the common case for a reply.
-            (size,) = _HEADER.unpack_from(data)
+            (size,) = HEADER.unpack_from(data)
             if len(data) == 4 + size and size <= self._max_frame:
                 return [bytes(data[4:])]
         buffer += data
@@ -127,7 +126,7 @@ class FrameReader:
             self._synced = True
         payloads = []
         while len(buffer) >= 4:
-            (size,) = _HEADER.unpack_from(buffer)
+            (size,) = HEADER.unpack_from(buffer)
             if size > self._max_frame:
                 raise ProtocolError(
                     f"the sandbox announced a frame of {size} bytes, over the "
