@@ -42,6 +42,7 @@ __all__ = [
     "Encoder",
     "RemoteObject",
     "UnsafeValueError",
+    "array_at",
     "decode",
     "encode",
     "unpack",
@@ -135,11 +136,20 @@ class Encoder:
         before (the step hot path, which saves msgpack a ``default`` round trip); else
         ``value`` itself."""
         if type(value) is _ndarray:
-            dtype = value.dtype
-            cached = self._headers.get((id(dtype), value.shape))
-            if cached is not None and cached[0] is dtype:
-                return _ext(ND, cached[1] + value.tobytes())
+            head = self.array_header(value)
+            if head is not None:
+                return _ext(ND, head + value.tobytes())
         return value
+
+    def array_header(self, value: np.ndarray[Any, Any]) -> bytes | None:
+        """The ND extension header of a plain array if this encoder has packed one of its
+        dtype and shape before, else ``None``. Header and ``value.tobytes()`` make the
+        payload that ``array_at`` reads."""
+        dtype = value.dtype
+        cached = self._headers.get((id(dtype), value.shape))
+        if cached is not None and cached[0] is dtype:
+            return cached[1]
+        return None
 
     def encode(self, value: Any) -> bytes:
         """Return the bytes of ``value``."""
@@ -289,21 +299,44 @@ def _parse_nd_header(head: bytes) -> tuple[np.dtype[Any], tuple[int, ...], int, 
     return parsed
 
 
+# The last header read and its parse: a step loop sees the same one again and again.
+_last_nd: tuple[bytes, tuple[np.dtype[Any], tuple[int, ...], int, int, bool]] = (
+    b"\x00\x00",  # a placeholder no payload passes: its size (-1) never matches
+    (np.dtype("u1"), (0,), 0, -1, True),
+)
+
+
+def array_at(data: bytes, start: int) -> np.ndarray[Any, Any]:
+    """The array whose ND extension payload fills ``data`` from ``start`` to its end (a
+    writable copy); ``ValueError`` if the payload is malformed."""
+    global _last_nd
+    head, parsed = _last_nd
+    if data.startswith(head, start):  # its first two bytes are its length: all of it matched
+        size = len(head)
+    else:
+        if len(data) < start + 2:
+            raise ValueError("truncated array header")
+        size = data[start] | data[start + 1] << 8
+        if size < 5:
+            raise ValueError("bad array header")
+        head = data[start : start + size]
+        cached = _nd_cache.get(head)
+        parsed = _parse_nd_header(head) if cached is None else cached
+        _last_nd = (head, parsed)
+    dtype, shape, count, nbytes, flat = parsed
+    if len(data) - start - size != nbytes:
+        raise ValueError("array payload size does not match its shape")
+    if count == 0:
+        return np.zeros(shape, dtype)
+    array: np.ndarray[Any, Any] = _frombuffer(data, dtype, count, start + size)
+    if not flat:
+        array = array.reshape(shape)
+    return array.copy()  # type: ignore[no-any-return]
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
     if code == ND:
-        size = data[0] | data[1] << 8
-        head = data[:size]
-        parsed = _nd_cache.get(head)
-        if parsed is None:
-            parsed = _parse_nd_header(head)
-        dtype, shape, count, nbytes, flat = parsed
-        if len(data) - size != nbytes:
-            raise ValueError("array payload size does not match its shape")
-        if count == 0:
-            return np.zeros(shape, dtype)
-        if flat:
-            return _frombuffer(data, dtype, count, size).copy()
-        return _frombuffer(data, dtype, count, size).reshape(shape).copy()
+        return array_at(data, 0)
     if code == SCALAR:
         (n,) = _U16.unpack_from(data)
         dtype = _parse_descr(data[2 : 2 + n])

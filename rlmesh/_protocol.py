@@ -14,6 +14,20 @@ first item is the message kind::
                     [OK, *values]      the reply to a request
                     [OK_SHM, None, *values]  a reply whose observations are in shared memory
                     [ERROR, type name, message, traceback text]
+                    a packed step reply (below)
+
+A packed step reply is the hot path's form of ``[OK, obs, reward, terminated, truncated,
+info]`` when ``obs`` is a plain array of a dtype and shape the child sent before, ``reward``
+a float, an int or a numpy float, the flags bools and ``info`` a dict: a fixed struct, the
+info as a codec value, then the observation as a bare array payload. It starts with 0xC1, a
+byte msgpack never uses, so it cannot be mistaken for a codec value::
+
+    u8 0xC1 | u8 flags | u8 reward kind | pad | 8-byte reward | u32 info length | info | array
+
+``flags``: bit 0 terminated, bit 1 truncated, bits 2/3 set when that flag is a ``numpy.bool_``.
+Reward kinds: 0 float, 1 int (as int64), 2 ``numpy.float64``, 3 ``numpy.float32`` (as float64,
+which holds every float32 exactly). ``decode_message`` returns it as the OK list, so no caller
+can tell the two forms apart. Packing skips msgpack's per-value dispatch, on both sides.
 
 Every request gets exactly one reply, in order. The child never sends pickles; the host never
 unpickles. Both sides use this module; it imports only the standard library and the codec.
@@ -24,7 +38,9 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from ._codec import Encoder, UnsafeValueError, unpack
+import numpy as np
+
+from ._codec import Encoder, UnsafeValueError, array_at, unpack
 from ._errors import ProtocolError, RemoteEnvError
 
 __all__ = [
@@ -35,11 +51,12 @@ __all__ = [
     "check_hello",
     "decode_message",
     "frame_header",
+    "step_packer",
     "raise_for_reply",
     "version_mismatch",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: packed step replies
 MAGIC = b"\x00RLMESH\x01"
 MAX_FRAME = 256 * 1024 * 1024  # bytes of one payload; larger is a ProtocolError
 MAX_PREAMBLE = 64 * 1024  # bytes tolerated before MAGIC (stdio transports only)
@@ -142,9 +159,104 @@ class FrameReader:
         return payloads
 
 
+PACKED_STEP = 0xC1  # the first byte of a packed step reply (msgpack never uses it)
+_PACKED = struct.Struct("<BBBxdI")  # marker, flags, reward kind, pad, reward, info length
+_INT_REWARD = struct.Struct("<q")
+_BOOLS = ((False, True), (np.False_, np.True_))
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+
+def step_packer(encoder: Encoder) -> Any:
+    """A function returning a step's results as a whole frame holding a packed step reply,
+    or ``None`` if they do not fit the packed form (then send the OK list). Uses
+    ``encoder``'s array headers."""
+    packed, int_reward, frame_head = _PACKED.pack, _INT_REWARD.pack, HEADER.pack
+    array_header, pack_info, reset = encoder.array_header, encoder.pack_fast, encoder.reset
+    ndarray, np_bool, f64, f32 = np.ndarray, np.bool_, np.float64, np.float32
+    join = b"".join
+    last_dtype: Any = None  # the last observation's dtype, shape and array header
+    last_shape: Any = None
+    last_header = b""
+
+    def pack(obs: Any, reward: Any, terminated: Any, truncated: Any, info: Any) -> bytes | None:
+        nonlocal last_dtype, last_shape, last_header
+        kind = type(terminated)
+        if kind is bool:
+            flags = 1 if terminated else 0
+        elif kind is np_bool:
+            flags = 5 if terminated else 4
+        else:
+            return None
+        kind = type(truncated)
+        if kind is bool:
+            flags |= 2 if truncated else 0
+        elif kind is np_bool:
+            flags |= 10 if truncated else 8
+        else:
+            return None
+        if type(obs) is not ndarray or type(info) is not dict:
+            return None
+        if obs.dtype is last_dtype and obs.shape == last_shape:
+            header = last_header
+        else:
+            found = array_header(obs)
+            if found is None:
+                return None
+            header = last_header = found
+            last_dtype, last_shape = obs.dtype, obs.shape
+        if info:
+            try:
+                data = pack_info(info)
+            except Exception:  # not packable as is: the OK list's full encoder handles it
+                reset()
+                return None
+        else:
+            data = b""
+        kind = type(reward)
+        if kind is float:
+            head = packed(PACKED_STEP, flags, 0, reward, len(data))
+        elif kind is f64:
+            head = packed(PACKED_STEP, flags, 2, reward, len(data))
+        elif kind is f32:
+            head = packed(PACKED_STEP, flags, 3, reward, len(data))
+        elif kind is int and _INT_MIN <= reward <= _INT_MAX:
+            head = packed(PACKED_STEP, flags, 1, 0.0, len(data))
+            head = head[:4] + int_reward(reward) + head[12:]
+        else:
+            return None
+        array = obs.tobytes()
+        size = len(head) + len(data) + len(header) + len(array)
+        return join((frame_head(size), head, data, header, array))
+
+    return pack
+
+
+def _unpack_step(payload: bytes) -> list[Any]:
+    _, flags, kind, reward, size = _PACKED.unpack_from(payload)
+    start = _PACKED.size + size
+    info = unpack(payload[_PACKED.size : start]) if size else {}
+    if type(info) is not dict or flags > 15 or kind > 3:
+        raise ValueError("bad packed step reply")
+    if kind:
+        if kind == 1:
+            (reward,) = _INT_REWARD.unpack_from(payload, 4)
+        else:
+            reward = np.float64(reward) if kind == 2 else np.float32(reward)
+    return [
+        OK,
+        array_at(payload, start),
+        reward,
+        _BOOLS[flags >> 2 & 1][flags & 1],
+        _BOOLS[flags >> 3 & 1][flags >> 1 & 1],
+        info,
+    ]
+
+
 def decode_message(payload: bytes) -> list[Any]:
     """Decode one payload into a message list, or raise ``ProtocolError``."""
     try:
+        if payload[0] == PACKED_STEP:
+            return _unpack_step(payload)
         message = unpack(payload)
     except Exception as exc:
         raise ProtocolError(f"malformed message from the sandbox: {exc!r}") from None

@@ -106,6 +106,13 @@ class Worker:
         payload = self._encoder.encode(message)
         self._write(P.frame_header(len(payload)) + payload)
 
+    def _send_payload(self, payload: bytes) -> None:
+        if len(payload) < 65536:
+            self._write(P.HEADER.pack(len(payload)) + payload)
+        else:  # no concatenated copy of a large reply
+            self._write(P.HEADER.pack(len(payload)))
+            self._write(payload)
+
     def _payload(self, reply: list[Any]) -> bytes:
         """The payload of a reply; that of an error reply if the reply cannot be sent."""
         try:
@@ -124,35 +131,52 @@ class Worker:
         """Say HELLO, then answer requests until CLOSE or the host goes away."""
         self._write(P.MAGIC)
         self._send([P.HELLO, _versions()])
-        feed = P.FrameReader(expect_magic=False).feed
+        reader = P.FrameReader(expect_magic=False)
+        whole, feed = reader.whole, reader.feed
         read, write, handle, encode = self._read, self._write, self._handle, self._payload
-        header = P.HEADER.pack
-        array, step, ok = self._encoder.array, P.STEP, P.OK
+        array, packed, step, ok = self._encoder.array, P.step_packer(self._encoder), P.STEP, P.OK
+        # Whole frames of a STEP with an int action -> the action: a read that holds just
+        # one of them skips framing and decoding.
+        actions: dict[bytes, int] = {}
+        aligned = True  # no partial frame is buffered: a read starts with a frame
         while not self._closing:
             data = read(1 << 16)
             if not data:
                 break  # the host closed the pipe: it is gone or done with us
-            for payload in feed(data):
-                message = unpack(payload)
-                if message[0] == step and self.env is not None:
-                    try:  # the hot path, inlined
-                        obs, reward, terminated, truncated, info = self.env.step(message[1])
-                        if self._shm is None:
-                            reply = [ok, array(obs), reward, terminated, truncated, info]
-                        else:
-                            reply = self._via_shm([ok, obs, reward, terminated, truncated, info])
-                    except MemoryError:
-                        _out_of_memory()
-                    except Exception as exc:
-                        reply = self._error(exc)
+            action = actions.get(data) if aligned else None
+            if action is not None:
+                payloads: Any = (None,)
+            else:
+                payload = whole(data)
+                if payload is None:
+                    payloads, key = feed(data), None
+                    aligned = not reader.buffered
                 else:
-                    reply = handle(message)
-                out = encode(reply)
-                if len(out) < 65536:
-                    write(header(len(out)) + out)
-                else:  # no concatenated copy of a large reply
-                    write(header(len(out)))
-                    write(out)
+                    payloads, key = (payload,), data
+            for payload in payloads:
+                if payload is not None:
+                    message = unpack(payload)
+                    if message[0] != step or len(message) != 2 or self.env is None:
+                        self._send_payload(encode(handle(message)))
+                        continue
+                    action = message[1]
+                    if type(action) is int and key is not None and len(actions) < 256:
+                        actions[key] = action
+                try:  # the hot path, inlined
+                    obs, reward, terminated, truncated, info = self.env.step(action)
+                    if self._shm is None:
+                        frame = packed(obs, reward, terminated, truncated, info)
+                        if frame is not None and len(frame) <= P.MAX_FRAME:
+                            write(frame)
+                            continue
+                        reply = [ok, array(obs), reward, terminated, truncated, info]
+                    else:
+                        reply = self._via_shm([ok, obs, reward, terminated, truncated, info])
+                except MemoryError:
+                    _out_of_memory()
+                except Exception as exc:
+                    reply = self._error(exc)
+                self._send_payload(encode(reply))
         if self.env is not None and not self._closing:
             self._close_env()
 
@@ -351,9 +375,11 @@ def _fd_reader(fd: int) -> Callable[[int], bytes]:
 
 def _fd_writer(fd: int) -> Callable[[bytes], None]:
     def write(data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        sent = os.write(fd, data)
+        if sent != len(data):  # a pipe takes up to its buffer size at once
+            view = memoryview(data)[sent:]
+            while view:
+                view = view[os.write(fd, view) :]
 
     return write
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -10,10 +11,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_codec import same
 
 from rlmesh import ProtocolError, RemoteEnvError
 from rlmesh import _protocol as P
-from rlmesh._codec import decode, encode
+from rlmesh._codec import Encoder, decode, encode
 from rlmesh._worker import Worker
 
 
@@ -153,3 +157,127 @@ def test_worker_unpickles_host_callables(worker: InProcessWorker) -> None:
     request["extra"] = lambda: None  # forces the cloudpickle path
     reply = worker.call(P.MAKE, request)
     assert reply[0] == P.OK and reply[1]["spec"]["max_episode_steps"] == 2
+
+
+# Packed step replies: the hot path's form of [OK, obs, reward, terminated, truncated, info].
+
+OBS = np.linspace(-1, 1, 4, dtype=np.float32)
+PACKED_CASES = [
+    (OBS, 1.0, False, False, {}),  # CartPole
+    (OBS, -3, True, True, {"lives": 3, "pos": (1, 2)}),
+    (OBS, 2**63 - 1, False, True, {}),
+    (OBS, np.float64(-0.25), np.False_, np.True_, {"x": np.int64(5)}),
+    (OBS, np.float32(0.1), np.True_, False, {"nested": {"a": [1.5, None]}}),
+    (np.arange(24, dtype=np.uint8).reshape(2, 3, 4), float("inf"), True, False, {}),
+    (np.zeros((0, 3), dtype=np.int16), 0.0, False, False, {}),
+    (OBS, 1.0, False, False, {"obj": object()}),  # travels as a RemoteObject
+]
+
+
+def packer_for(obs: np.ndarray) -> Any:
+    encoder = Encoder(opaque=True)
+    encoder.encode(obs)  # the worker packs a reset's observation first
+    return P.step_packer(encoder)
+
+
+@pytest.mark.parametrize("values", PACKED_CASES)
+def test_packed_step_replies_decode_exactly_as_the_ok_list(values: tuple[Any, ...]) -> None:
+    frame = packer_for(values[0])(*values)
+    assert frame is not None and frame[4] == P.PACKED_STEP
+    assert P.HEADER.unpack_from(frame)[0] == len(frame) - 4
+    packed = P.decode_message(frame[4:])
+    full = P.decode_message(Encoder(opaque=True).encode([P.OK, *values]))
+    assert same(packed, full)
+    assert packed[1].flags.writeable
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        (OBS, True, False, False, {}),  # a bool reward stays a bool
+        (OBS, np.int64(1), False, False, {}),
+        (OBS, 2**64, False, False, {}),  # beyond int64: the full encoder's BIGINT
+        (OBS, 1.0, 1, False, {}),  # an int flag stays an int
+        (OBS, 1.0, False, False, {"big": 2**70}),  # the full encoder's BIGINT
+        (OBS, 1.0, False, False, None),
+        (OBS.astype(np.float64), 1.0, False, False, {}),  # a dtype not packed before
+        (OBS.reshape(2, 2), 1.0, False, False, {}),  # a shape not packed before
+        ([0.0, 1.0], 1.0, False, False, {}),
+        (np.int64(3), 1.0, False, False, {}),
+    ],
+)
+def test_step_results_outside_the_packed_form_take_the_ok_list(values: tuple[Any, ...]) -> None:
+    assert packer_for(OBS)(*values) is None
+
+
+def test_a_failed_info_pack_leaves_the_encoder_clean() -> None:
+    encoder = Encoder(opaque=True)
+    encoder.encode(OBS)
+    pack = P.step_packer(encoder)
+    assert pack(OBS, 1.0, False, False, {"big": [1, 2**70]}) is None
+    assert decode(encoder.encode([P.OK, 1]))[1] == 1  # nothing half-packed is left over
+
+
+def test_malformed_packed_step_replies_are_protocol_errors() -> None:
+    payload = packer_for(OBS)(OBS, 1.0, False, False, {"a": 1})[4:]
+    for cut in range(len(payload)):  # every truncation
+        with pytest.raises(ProtocolError):
+            P.decode_message(payload[:cut])
+    with pytest.raises(ProtocolError):
+        P.decode_message(payload + b"\x00")  # the array's size no longer matches
+    for index, byte in [(1, 0xFF), (2, 4)]:  # unknown flags, unknown reward kind
+        with pytest.raises(ProtocolError):
+            P.decode_message(payload[:index] + bytes([byte]) + payload[index + 1 :])
+    not_a_dict = encode([1])
+    bad_info = payload[:12] + P.HEADER.pack(len(not_a_dict)) + not_a_dict + payload[20:]
+    with pytest.raises(ProtocolError):
+        P.decode_message(bad_info)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=80))
+def test_packed_step_reply_fuzz_only_raises_protocol_error(tail: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        P.decode_message(bytes([P.PACKED_STEP]) + tail)
+
+
+def scripted_worker(chunks: list[bytes]) -> list[bytes]:
+    """Serve ``chunks`` as successive reads; return the reply payloads (HELLO excluded)."""
+    pending = iter(chunks)
+    written = bytearray()
+    Worker(lambda _size: next(pending, b""), written.extend).serve()
+    return P.FrameReader().feed(bytes(written))[1:]
+
+
+def test_the_worker_frames_requests_split_joined_and_repeated_anyhow() -> None:
+    step = {a: frame([P.STEP, a]) for a in (0, 1)}
+    # A frame whose last bytes equal a STEP frame: read apart from its start, they must
+    # not be taken for a step.
+    decoy = frame([P.SPACE_CONTAINS, "action", b"\x00" * 5 + step[1]])
+    chunks = [
+        frame([P.MAKE, make_request("CartPole-v1")]),
+        frame([P.RESET, 7, None]),
+        step[1],
+        step[1],  # a repeat: the worker's frame cache
+        step[0][:2],
+        step[0][2:],
+        step[0] + step[1],
+        decoy[: -len(step[1])],
+        step[1],
+        step[0],
+        frame([P.CLOSE]),
+    ]
+    payloads = scripted_worker(chunks)
+    replies = [P.decode_message(payload) for payload in payloads]
+    packed = [payload[0] == P.PACKED_STEP for payload in payloads]
+    assert packed == [False, False, True, True, True, True, True, False, True, False]
+    local = gym.make("CartPole-v1")
+    expected_obs, _ = local.reset(seed=7)
+    assert np.array_equal(replies[1][1], expected_obs)
+    steps = [r for r in replies[2:] if len(r) == 6]
+    assert len(steps) == 6
+    for action, reply in zip([1, 1, 0, 0, 1, 0], steps, strict=True):
+        obs, reward, terminated, truncated, info = local.step(action)
+        assert same(reply[1:], [obs, reward, terminated, truncated, info])
+    assert replies[-3] == [P.OK, False]  # the decoy: a bytes value is no action of CartPole's
+    assert replies[-1] == [P.OK]
