@@ -34,6 +34,8 @@ from ._transport import BlockingChannel
 
 __all__ = ["SandboxEnv"]
 
+_READY, _OK = State.READY, P.OK
+
 
 class SandboxEnv(gym.Env[Any, Any]):
     """A Gymnasium environment running in its own sandbox process.
@@ -191,17 +193,16 @@ class SandboxEnv(gym.Env[Any, Any]):
         Raises:
             ValueError: ``action`` is not in ``action_space`` (nothing is sent).
         """
-        # The hot path: _call inlined (one Python frame less per step).
-        if not self._contains(action):
-            raise bad_action(self._sandbox, action)
-        if self._state is not State.READY:
-            raise closed_error(self._label, self._state, self._reason)
+        # The hot path: _call inlined (one Python frame less per step). An int action with
+        # a cached frame was checked against the action space when the frame was made.
         frame = self._step_frames.get(action) if type(action) is int else None
         if frame is None:
             frame = self._step_frame(action)
+        if self._state is not _READY:
+            raise closed_error(self._label, self._state, self._reason)
         try:
             reply = self._request(frame, "step()", self._timeout)
-            if reply[0] != P.OK or len(reply) != 6:
+            if reply[0] != _OK or len(reply) != 6:
                 reply_values(reply, 6)
         except SandboxError as exc:
             error = self._failed(exc, "step()")
@@ -211,6 +212,8 @@ class SandboxEnv(gym.Env[Any, Any]):
         return reply[1], reply[2], reply[3], reply[4], reply[5]
 
     def _step_frame(self, action: Any) -> bytes:
+        if not self._contains(action):
+            raise bad_action(self._sandbox, action)
         payload = self._encode([P.STEP, action])
         frame = P.frame_header(len(payload)) + payload
         if type(action) is int and len(self._step_frames) < 64:  # Discrete: a few values
