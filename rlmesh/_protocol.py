@@ -161,8 +161,14 @@ class FrameReader:
 
 PACKED_STEP = 0xC1  # the first byte of a packed step reply (msgpack never uses it)
 _PACKED = struct.Struct("<BBBxdI")  # marker, flags, reward kind, pad, reward, info length
+_FRAMED_PACKED = struct.Struct("<IBBBxdI")  # the frame header, then _PACKED
 _INT_REWARD = struct.Struct("<q")
 _BOOLS = ((False, True), (np.False_, np.True_))
+_FLAGS = [  # flags -> (terminated, truncated)
+    (_BOOLS[flags >> 2 & 1][flags & 1], _BOOLS[flags >> 3 & 1][flags >> 1 & 1])
+    for flags in range(16)
+]
+_NUMPY_REWARDS = {2: np.float64, 3: np.float32}
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 
 
@@ -170,16 +176,25 @@ def step_packer(encoder: Encoder) -> Any:
     """A function returning a step's results as a whole frame holding a packed step reply,
     or ``None`` if they do not fit the packed form (then send the OK list). Uses
     ``encoder``'s array headers."""
-    packed, int_reward, frame_head = _PACKED.pack, _INT_REWARD.pack, HEADER.pack
+    framed, int_reward = _FRAMED_PACKED.pack, _INT_REWARD.pack
     array_header, pack_info, reset = encoder.array_header, encoder.pack_fast, encoder.reset
     ndarray, np_bool, f64, f32 = np.ndarray, np.bool_, np.float64, np.float32
-    join = b"".join
-    last_dtype: Any = None  # the last observation's dtype, shape and array header
+    # The last observation's dtype, shape and array header, and the payload size they make.
+    last_dtype: Any = None
     last_shape: Any = None
     last_header = b""
+    last_size = 0
 
     def pack(obs: Any, reward: Any, terminated: Any, truncated: Any, info: Any) -> bytes | None:
-        nonlocal last_dtype, last_shape, last_header
+        nonlocal last_dtype, last_shape, last_header, last_size
+        if type(obs) is not ndarray or type(info) is not dict:
+            return None
+        if obs.dtype is not last_dtype or obs.shape != last_shape:
+            header = array_header(obs)
+            if header is None:
+                return None
+            last_dtype, last_shape, last_header = obs.dtype, obs.shape, header
+            last_size = _PACKED.size + len(header) + obs.nbytes
         kind = type(terminated)
         if kind is bool:
             flags = 1 if terminated else 0
@@ -194,16 +209,6 @@ def step_packer(encoder: Encoder) -> Any:
             flags |= 10 if truncated else 8
         else:
             return None
-        if type(obs) is not ndarray or type(info) is not dict:
-            return None
-        if obs.dtype is last_dtype and obs.shape == last_shape:
-            header = last_header
-        else:
-            found = array_header(obs)
-            if found is None:
-                return None
-            header = last_header = found
-            last_dtype, last_shape = obs.dtype, obs.shape
         if info:
             try:
                 data = pack_info(info)
@@ -212,44 +217,37 @@ def step_packer(encoder: Encoder) -> Any:
                 return None
         else:
             data = b""
+        size = len(data)
         kind = type(reward)
         if kind is float:
-            head = packed(PACKED_STEP, flags, 0, reward, len(data))
+            head = framed(last_size + size, PACKED_STEP, flags, 0, reward, size)
         elif kind is f64:
-            head = packed(PACKED_STEP, flags, 2, reward, len(data))
+            head = framed(last_size + size, PACKED_STEP, flags, 2, reward, size)
         elif kind is f32:
-            head = packed(PACKED_STEP, flags, 3, reward, len(data))
+            head = framed(last_size + size, PACKED_STEP, flags, 3, reward, size)
         elif kind is int and _INT_MIN <= reward <= _INT_MAX:
-            head = packed(PACKED_STEP, flags, 1, 0.0, len(data))
-            head = head[:4] + int_reward(reward) + head[12:]
+            head = framed(last_size + size, PACKED_STEP, flags, 1, 0.0, size)
+            head = head[:8] + int_reward(reward) + head[16:]
         else:
             return None
-        array = obs.tobytes()
-        size = len(head) + len(data) + len(header) + len(array)
-        return join((frame_head(size), head, data, header, array))
+        return head + data + last_header + obs.tobytes()  # type: ignore[no-any-return]
 
     return pack
 
 
 def _unpack_step(payload: bytes) -> list[Any]:
     _, flags, kind, reward, size = _PACKED.unpack_from(payload)
-    start = _PACKED.size + size
-    info = unpack(payload[_PACKED.size : start]) if size else {}
-    if type(info) is not dict or flags > 15 or kind > 3:
+    start = 16 + size
+    info = unpack(payload[16:start]) if size else {}
+    if type(info) is not dict:
         raise ValueError("bad packed step reply")
     if kind:
         if kind == 1:
             (reward,) = _INT_REWARD.unpack_from(payload, 4)
         else:
-            reward = np.float64(reward) if kind == 2 else np.float32(reward)
-    return [
-        OK,
-        array_at(payload, start),
-        reward,
-        _BOOLS[flags >> 2 & 1][flags & 1],
-        _BOOLS[flags >> 3 & 1][flags >> 1 & 1],
-        info,
-    ]
+            reward = _NUMPY_REWARDS[kind](reward)  # an unknown kind: KeyError
+    terminated, truncated = _FLAGS[flags]  # unknown flags: IndexError
+    return [OK, array_at(payload, start), reward, terminated, truncated, info]
 
 
 def decode_message(payload: bytes) -> list[Any]:
