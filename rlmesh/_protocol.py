@@ -30,7 +30,8 @@ which holds every float32 exactly). ``decode_message`` returns it as the OK list
 can tell the two forms apart. Packing skips msgpack's per-value dispatch, on both sides.
 
 Every request gets exactly one reply, in order. The child never sends pickles; the host never
-unpickles. Both sides use this module; it imports only the standard library and the codec.
+unpickles. Both sides use this module; it imports only the standard library, numpy and the
+codec.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ __all__ = [
     "check_hello",
     "decode_message",
     "frame_header",
-    "step_packer",
     "raise_for_reply",
+    "step_packer",
     "version_mismatch",
 ]
 

@@ -103,8 +103,7 @@ class Worker:
         self._closing = False
 
     def _send(self, message: list[Any]) -> None:
-        payload = self._encoder.encode(message)
-        self._write(P.frame_header(len(payload)) + payload)
+        self._send_payload(self._encoder.encode(message))
 
     def _send_payload(self, payload: bytes) -> None:
         if len(payload) < 65536:
