@@ -47,7 +47,7 @@ def docs(session: nox.Session) -> None:
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Run the benchmarks and print the ratios that docs/performance.md reports."""
-    session.install("-e", ".")
+    session.install("-e", ".", "trio>=0.25")
     session.run("python", "benchmarks/step_latency.py", *session.posargs)
     session.run("python", "benchmarks/warm_start.py")
     session.run("python", "benchmarks/vector_throughput.py")
