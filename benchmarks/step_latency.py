@@ -5,6 +5,11 @@ floor (sync)  = a bare length-prefixed round trip between two Python processes o
 floor (async) = the same round trip over anyio process streams (asyncio and trio)
                 + one in-process CartPole-v1 step
 
+The sync group also times a **bare child step**: a child that steps its own CartPole for each
+100-byte request and echoes it, with no codec and no rlmesh. It is the least that any design
+with the env in another process can cost under a placement, and shows how much of a sandboxed
+step's cost the placement alone imposes (on one shared CPU, most of it).
+
 Every figure is taken in the same process run, under the same CPU placement, which is set and
 reported (placement dominates IPC cost on small VMs):
 
@@ -48,6 +53,24 @@ while True:
         break
     (n,) = unpack(head)
     body = read(r, n)
+    write(w, head + body)
+"""
+STEP_CHILD = r"""
+import os, sys, struct
+import gymnasium as gym
+r, w = int(sys.argv[1]), int(sys.argv[2])
+read, write, unpack = os.read, os.write, struct.Struct("<I").unpack
+env = gym.make("CartPole-v1")
+env.reset(seed=0)
+while True:
+    head = read(r, 4)
+    if len(head) < 4:
+        break
+    (n,) = unpack(head)
+    body = read(r, n)
+    _, _, terminated, truncated, _ = env.step(body[0] & 1)
+    if terminated or truncated:
+        env.reset()
     write(w, head + body)
 """
 PAYLOAD = struct.pack("<I", 96) + b"x" * 96  # a CartPole-sized message
@@ -113,11 +136,11 @@ def interleaved(
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def start_echo() -> tuple[subprocess.Popen[bytes], int, int]:
+def start_echo(code: str = ECHO_CHILD) -> tuple[subprocess.Popen[bytes], int, int]:
     to_r, to_w = os.pipe()
     from_r, from_w = os.pipe()
     child = subprocess.Popen(
-        [sys.executable, "-c", ECHO_CHILD, str(to_r), str(from_w)], pass_fds=(to_r, from_w)
+        [sys.executable, "-c", code, str(to_r), str(from_w)], pass_fds=(to_r, from_w)
     )
     os.close(to_r)
     os.close(from_w)
@@ -125,7 +148,8 @@ def start_echo() -> tuple[subprocess.Popen[bytes], int, int]:
 
 
 def sync_group(placement: str, steps: int, rounds: int) -> dict[str, float]:
-    child, to_w, from_r = start_echo()
+    children = [start_echo(), start_echo(STEP_CHILD)]
+    (_, to_w, from_r), (_, step_w, step_r) = children
     local = gym.make("CartPole-v1")
     local.reset(seed=0)
 
@@ -133,22 +157,29 @@ def sync_group(placement: str, steps: int, rounds: int) -> dict[str, float]:
         os.write(to_w, PAYLOAD)
         os.read(from_r, 65536)
 
+    def bare_child_step() -> None:
+        os.write(step_w, PAYLOAD)
+        os.read(step_r, 65536)
+
     with SandboxEnv("CartPole-v1") as env:
         env.reset(seed=0)
         place(placement, 0, env.pid)
-        place(placement, 0, child.pid)
+        for child, _, _ in children:
+            place(placement, 0, child.pid)
         result = interleaved(
             {
                 "pipe round trip": round_trip,
                 "CartPole step (in-process)": Stepper(local),
+                "bare child step": bare_child_step,
                 "SandboxEnv.step": Stepper(env),
             },
             steps,
             rounds,
         )
-    os.close(to_w)
-    child.wait()
-    os.close(from_r)
+    for child, write_fd, read_fd in children:
+        os.close(write_fd)
+        child.wait()
+        os.close(read_fd)
     return result
 
 
@@ -206,6 +237,13 @@ def report(results: dict[str, dict[str, dict[str, float]]]) -> str:
         "| placement | face | round trip | CartPole step | floor | sandboxed step | ratio |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
+    bare = [
+        "",
+        "Bare child step (a child steps its own CartPole per 100-byte request, no codec):",
+        "",
+        "| placement | floor | bare child step | ratio | SandboxEnv.step | ratio to bare |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for placement, groups in results.items():
         for face, row in groups.items():
             trip = row.get("pipe round trip", row.get("anyio process stream round trip", 0.0))
@@ -221,7 +259,13 @@ def report(results: dict[str, dict[str, dict[str, float]]]) -> str:
                 f"| {placement} | {name} | {trip:.1f} | {step:.1f} | {floor:.1f} | "
                 f"{sandboxed:.1f} | **{sandboxed / floor:.2f}x** |"
             )
-    return "\n".join(lines)
+            if "bare child step" in row:
+                child = row["bare child step"]
+                bare.append(
+                    f"| {placement} | {floor:.1f} | {child:.1f} | {child / floor:.2f}x | "
+                    f"{sandboxed:.1f} | {sandboxed / child:.2f}x |"
+                )
+    return "\n".join(lines + bare)
 
 
 def main() -> None:

@@ -160,20 +160,35 @@ def _own_hash() -> str:
     return digest.hexdigest()
 
 
+def local_dist_dirs() -> list[Path]:
+    """Where ``rlmesh_package="local"`` looks for wheels: the ``dist/`` of the checkout that
+    holds the imported rlmesh (an editable install), else that of the current directory."""
+    checkout = _PACKAGE_DIR.parent
+    if (checkout / "pyproject.toml").is_file():
+        return [checkout / "dist"]
+    return [Path.cwd() / "dist"]
+
+
+def local_wheel() -> Path:
+    """The newest ``rlmesh-*.whl`` in ``local_dist_dirs()``, or ``SandboxBuildError``."""
+    dirs = local_dist_dirs()
+    wheels = [wheel for dist in dirs for wheel in dist.glob("rlmesh-*.whl") if wheel.is_file()]
+    if not wheels:
+        where = ", ".join(str(dist) for dist in dirs)
+        raise SandboxBuildError(
+            f"rlmesh_package='local' found no rlmesh-*.whl in {where}; build one with "
+            "'uv build --wheel' in the rlmesh checkout, or pass the wheel's path"
+        )
+    return max(wheels, key=lambda wheel: wheel.stat().st_mtime)
+
+
 def _rlmesh_item(spec: SandboxSpec) -> dict[str, str]:
     """How rlmesh goes into the sandbox, with what identifies it for the cache key."""
     choice = spec.rlmesh_package
     if choice is None:
         return {"mode": "copy", "hash": _own_hash()}
     if choice == "local":
-        dist = _PACKAGE_DIR.parent / "dist"
-        wheels = sorted(dist.glob("rlmesh-*.whl"), key=lambda p: p.stat().st_mtime)
-        if not wheels:
-            raise SandboxBuildError(
-                f"rlmesh_package='local' needs a wheel in {dist}; build one with "
-                "'uv build --wheel' in the rlmesh checkout"
-            )
-        choice = str(wheels[-1])
+        choice = str(local_wheel())
     path = Path(choice)
     if path.is_file():
         return {"mode": "install", "target": str(path), "hash": _hash_file(path)}
