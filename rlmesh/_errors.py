@@ -120,6 +120,20 @@ class ProtocolError(SandboxError):
     """
 
 
+_MISSING_TYPES = frozenset(
+    {
+        "builtins.ModuleNotFoundError",
+        "builtins.ImportError",
+        "gymnasium.error.DependencyNotInstalled",
+    }
+)
+_MISSING_HINT = (
+    "\n(the sandbox holds only what `packages` names, plus gymnasium, cloudpickle and "
+    "msgpack: add what is missing there; rendering a classic-control env, for one, needs "
+    "'gymnasium[classic-control]')"
+)
+
+
 class RemoteEnvError(SandboxError):
     """The environment raised an exception inside the sandbox.
 
@@ -133,8 +147,9 @@ class RemoteEnvError(SandboxError):
 
     def __init__(self, remote_type: str, remote_message: str, remote_traceback: str) -> None:
         text = f"{remote_type}: {remote_message}" if remote_message else remote_type
+        hint = _MISSING_HINT if remote_type in _MISSING_TYPES else ""
         super().__init__(
-            f"the environment raised {text}\n\nRemote traceback (in the sandbox):\n"
+            f"the environment raised {text}{hint}\n\nRemote traceback (in the sandbox):\n"
             f"{remote_traceback.rstrip()}"
         )
         self.remote_type = remote_type

@@ -85,6 +85,7 @@ def test_env_errors_carry_the_remote_traceback_and_the_env_stays_usable() -> Non
         assert caught.value.remote_message == "boom at step 2"
         assert "rlmesh_test_envs/__init__.py" in caught.value.remote_traceback
         assert "in step" in str(caught.value)
+        assert "add what is missing" not in str(caught.value)  # that hint is for imports
         assert env.state is State.READY
         _obs, info = env.reset(options={"again": True})
         assert info == {"options": {"again": True}}
@@ -185,6 +186,18 @@ def test_rgb_array_render_returns_uint8_frames() -> None:
         frame = env.render()
         assert isinstance(frame, np.ndarray) and frame.dtype == np.uint8
         assert frame.ndim == 3 and frame.shape[2] == 3 and frame.shape[0] > 100
+
+
+def test_a_package_missing_in_the_sandbox_says_to_add_it_to_packages() -> None:
+    # The sandbox has gymnasium without its classic-control extra, so no pygame to render.
+    with SandboxEnv("CartPole-v1", render_mode="rgb_array") as env:
+        env.reset(seed=0)
+        with pytest.raises(RemoteEnvError, match=r"DependencyNotInstalled") as caught:
+            env.render()
+        text = str(caught.value)
+        assert "add what is missing there" in text and "gymnasium[classic-control]" in text
+        assert "No module named 'pygame'" in caught.value.remote_traceback
+        assert env.step(0)[0].shape == (4,)  # still usable
 
 
 def test_close_is_idempotent_and_calls_after_close_say_so() -> None:
