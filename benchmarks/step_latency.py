@@ -42,37 +42,31 @@ from anyio.abc import Process
 
 from rlmesh.numpy import AsyncSandboxEnv, SandboxEnv
 
-ECHO_CHILD = r"""
+# A child that echoes length-prefixed frames, over fds given as arguments or over stdio. The
+# STEP_CHILD variant also steps its own CartPole for each one (the bare child step); the
+# echo child's loop holds nothing else, not even a branch.
+_CHILD = r"""
 import os, sys, struct
 r = int(sys.argv[1]) if len(sys.argv) > 2 else 0
 w = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 read, write, unpack = os.read, os.write, struct.Struct("<I").unpack
+{setup}
 while True:
     head = read(r, 4)
     if len(head) < 4:
         break
     (n,) = unpack(head)
     body = read(r, n)
+{step}
     write(w, head + body)
 """
-STEP_CHILD = r"""
-import os, sys, struct
-import gymnasium as gym
-r, w = int(sys.argv[1]), int(sys.argv[2])
-read, write, unpack = os.read, os.write, struct.Struct("<I").unpack
-env = gym.make("CartPole-v1")
-env.reset(seed=0)
-while True:
-    head = read(r, 4)
-    if len(head) < 4:
-        break
-    (n,) = unpack(head)
-    body = read(r, n)
-    _, _, terminated, truncated, _ = env.step(body[0] & 1)
-    if terminated or truncated:
-        env.reset()
-    write(w, head + body)
-"""
+ECHO_CHILD = _CHILD.format(setup="", step="")
+STEP_CHILD = _CHILD.format(
+    setup='import gymnasium as gym\nenv = gym.make("CartPole-v1")\nenv.reset(seed=0)',
+    step="    _, _, terminated, truncated, _ = env.step(body[0] & 1)\n"
+    "    if terminated or truncated:\n"
+    "        env.reset()",
+)
 PAYLOAD = struct.pack("<I", 96) + b"x" * 96  # a CartPole-sized message
 CPUS = sorted(os.sched_getaffinity(0))
 

@@ -7,7 +7,7 @@ baseline     ``<venv python> -c "import gymnasium; gymnasium.make('CartPole-v1')
 first build  a fresh rlmesh cache (uv's own cache warm): the venv build, and the whole first
              create-to-reset
 
-Run: ``python benchmarks/warm_start.py [--rounds N]``. Prints a Markdown table (seconds).
+Run: ``python benchmarks/warm_start.py [--rounds N] [--builds N]``. Prints a Markdown table (seconds).
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def first_build(rounds: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--builds", type=int, default=3, help="first builds timed (median)")
     args = parser.parse_args()
     os.environ.setdefault("RLMESH_SANDBOX_ECHO", "0")
     with SandboxEnv("CartPole-v1", packages=PACKAGES) as env:  # make sure the venv is cached
@@ -90,7 +91,7 @@ def main() -> None:
         samples["sync"].append(sync_start())
         samples["async"].append(anyio.run(_async_start))
     med = {name: statistics.median(values) for name, values in samples.items()}
-    build, create = first_build(3)
+    build, create = first_build(args.builds)
     print(f"CartPole-v1, packages={PACKAGES}, median of {args.rounds} alternating rounds.\n")
     print("| what | seconds | ratio to baseline | target |")
     print("|---|---:|---:|---:|")

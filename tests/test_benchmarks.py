@@ -1,0 +1,60 @@
+"""The benchmarks still run and print their tables (tiny sizes; no timing is asserted here).
+
+The figures themselves are measured with ``python3 -m nox -s bench`` and reported in
+docs/performance.md, never in timed tests.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.sandbox
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+RATIO = re.compile(r"\*\*\d+\.\d\dx\*\*")
+
+
+def run_benchmark(name: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_every_benchmark_is_run_here() -> None:
+    tested = {"step_latency.py", "warm_start.py", "vector_throughput.py"}
+    assert {path.name for path in BENCHMARKS.glob("*.py")} == tested
+
+
+def test_step_latency_prints_every_face_with_its_floor_and_the_bare_child_step() -> None:
+    out = run_benchmark("step_latency.py", "--steps", "60", "--rounds", "1", "--placement", "none")
+    rows = [line for line in out.splitlines() if line.startswith("| none |")]
+    faces = ["SandboxEnv (os.pipe", "AsyncSandboxEnv on asyncio", "AsyncSandboxEnv on trio"]
+    for face in faces:
+        (row,) = [line for line in rows if face in line]
+        assert RATIO.search(row), row
+    assert "Bare child step" in out and len(rows) == 4, out
+
+
+def test_warm_start_prints_both_faces_against_the_baseline() -> None:
+    out = run_benchmark("warm_start.py", "--rounds", "1", "--builds", "1")
+    for what in ("warm start: SandboxEnv", "warm start: AsyncSandboxEnv"):
+        (row,) = [line for line in out.splitlines() if what in line]
+        assert RATIO.search(row), row
+    assert "first build of the venv" in out
+
+
+def test_vector_throughput_prints_each_subject_against_async_vector_env() -> None:
+    out = run_benchmark("vector_throughput.py", "--steps", "10", "--rounds", "1")
+    rows = [line for line in out.splitlines() if RATIO.search(line)]
+    assert len(rows) == 8, out
+    assert sum("SandboxVectorEnv" in row for row in rows) == 4
