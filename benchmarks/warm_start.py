@@ -7,7 +7,8 @@ baseline     ``<venv python> -c "import gymnasium; gymnasium.make('CartPole-v1')
 first build  a fresh rlmesh cache (uv's own cache warm): the venv build, and the whole first
              create-to-reset
 
-Run: ``python benchmarks/warm_start.py [--rounds N] [--builds N]``. Prints a Markdown table (seconds).
+Run: ``python benchmarks/warm_start.py [--rounds N] [--builds N]``. Prints a Markdown table
+(seconds).
 """
 
 from __future__ import annotations
