@@ -28,7 +28,7 @@ def test_gym_sandbox_example() -> None:
 
 
 def test_every_example_is_tested() -> None:
-    tested = {"gym_sandbox.py", "async_rollout.py", "vector_sandbox.py"}
+    tested = {"gym_sandbox.py", "async_rollout.py", "vector_sandbox.py", "check_sandboxed_env.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} <= tested
 
 
@@ -40,3 +40,8 @@ def test_async_rollout_example() -> None:
 def test_vector_sandbox_example() -> None:
     out = run("vector_sandbox.py")
     assert "autoreset NEXT_STEP" in out and "obs batch (8, 4) float32" in out
+
+
+def test_check_sandboxed_env_example() -> None:
+    out = run("check_sandboxed_env.py")
+    assert "CartPole-v1: compared with in-process=True, 3 episodes" in out

@@ -7,10 +7,11 @@ import sys
 
 import rlmesh
 import rlmesh.numpy
+import rlmesh.testing
 
 
 def test_all_is_sorted_and_complete() -> None:
-    for module in (rlmesh, rlmesh.numpy):
+    for module in (rlmesh, rlmesh.numpy, rlmesh.testing):
         assert list(module.__all__) == sorted(module.__all__)
         for name in module.__all__:
             assert hasattr(module, name), name

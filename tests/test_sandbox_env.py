@@ -6,13 +6,11 @@ import asyncio
 import subprocess
 import threading
 import time
-import warnings
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env, data_equivalence
 from sandbox_options import TEST_ENVS
 
 from rlmesh import (
@@ -22,6 +20,7 @@ from rlmesh import (
     SandboxStartupError,
 )
 from rlmesh.numpy import OpaqueSpace, RemoteObject, SandboxEnv, State
+from rlmesh.testing import check_sandbox_env
 
 pytestmark = pytest.mark.sandbox
 
@@ -29,36 +28,16 @@ TAXI = "Taxi-v3" if "Taxi-v3" in gym.registry else "Taxi-v4"
 SEEDED = ["CartPole-v1", "Pendulum-v1", "FrozenLake-v1", "Blackjack-v1", TAXI]
 
 
-def warnings_of(func: Any) -> set[str]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        func()
-    return {str(w.message) for w in caught}
-
-
 @pytest.mark.parametrize("env_id", SEEDED)
 def test_seeded_trajectories_match_in_process_gymnasium(env_id: str) -> None:
+    # rlmesh.testing plays the same seeded episodes here and in the sandbox and requires
+    # equal spaces, values and types, and no check_env warning the in-process env lacks.
+    report = check_sandbox_env(env_id, seeds=(100, 101, 102), max_steps=60)
+    assert report.compared and report.episodes == 3 and report.steps >= 3
     local = gym.make(env_id)
     with SandboxEnv(env_id) as env:
-        assert env.observation_space == local.observation_space
-        assert env.action_space == local.action_space
         assert env.spec is not None and env.spec.id == local.spec.id
         assert env.spec.max_episode_steps == local.spec.max_episode_steps
-        local.action_space.seed(7)
-        for episode in range(3):
-            got, want = env.reset(seed=100 + episode), local.reset(seed=100 + episode)
-            assert data_equivalence(got, want, exact=True)
-            for _ in range(60):
-                action = local.action_space.sample()
-                got, want = env.step(action), local.step(action)
-                assert data_equivalence(got, want, exact=True), (got, want)
-                if want[2] or want[3]:
-                    break
-        sandbox_warnings = warnings_of(lambda: check_env(env, skip_render_check=True))
-    in_process_warnings = warnings_of(
-        lambda: check_env(gym.make(env_id).unwrapped, skip_render_check=True)
-    )
-    assert sandbox_warnings <= in_process_warnings
 
 
 def test_sandbox_runs_the_hosts_gymnasium_and_no_host_only_packages() -> None:

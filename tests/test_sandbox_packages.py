@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +20,12 @@ import rlmesh
 from rlmesh import SandboxBuildError
 from rlmesh import _venv as venv
 from rlmesh.numpy import SandboxEnv
+from rlmesh.testing import _warnings_of as warnings_of
 
 pytestmark = pytest.mark.sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 OLD = ["gymnasium==0.29.1", "numpy<2"]
-
-
-def warnings_of(func: Any) -> set[str]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        func()
-    return {str(w.message) for w in caught}
 
 
 def site_packages_probe(versions: dict[str, Any], code: str) -> str:
