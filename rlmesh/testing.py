@@ -26,7 +26,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.utils.env_checker import check_env, data_equivalence
 
-from ._spec import GymSource, parse_source
+from ._spec import OPTION_NAMES, GymSource, parse_source
 from ._sync_env import SandboxEnv
 
 __all__ = ["SandboxCheck", "check_sandbox_env"]
@@ -53,17 +53,8 @@ class SandboxCheck:
 
 
 # Options for the sandbox alone; anything else in **options is the env's own.
-_SANDBOX_ONLY = (
-    "base_image",
-    "rlmesh_package",
-    "trust_remote_code",
-    "allow_unpinned_hf",
-    "startup_timeout",
-    "call_timeout",
-    "isolation",
-    "max_memory",
-    "max_cpu_seconds",
-    "auto_restart",
+_SANDBOX_ONLY = tuple(
+    name for name in OPTION_NAMES if name not in ("packages", "imports", "render_mode")
 )
 
 
