@@ -160,23 +160,20 @@ def _own_hash() -> str:
     return digest.hexdigest()
 
 
-def local_dist_dirs() -> list[Path]:
+def local_dist_dir() -> Path:
     """Where ``rlmesh_package="local"`` looks for wheels: the ``dist/`` of the checkout that
     holds the imported rlmesh (an editable install), else that of the current directory."""
     checkout = _PACKAGE_DIR.parent
-    if (checkout / "pyproject.toml").is_file():
-        return [checkout / "dist"]
-    return [Path.cwd() / "dist"]
+    return (checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()) / "dist"
 
 
 def local_wheel() -> Path:
-    """The newest ``rlmesh-*.whl`` in ``local_dist_dirs()``, or ``SandboxBuildError``."""
-    dirs = local_dist_dirs()
-    wheels = [wheel for dist in dirs for wheel in dist.glob("rlmesh-*.whl") if wheel.is_file()]
+    """The newest ``rlmesh-*.whl`` in ``local_dist_dir()``, or ``SandboxBuildError``."""
+    dist = local_dist_dir()
+    wheels = [wheel for wheel in dist.glob("rlmesh-*.whl") if wheel.is_file()]
     if not wheels:
-        where = ", ".join(str(dist) for dist in dirs)
         raise SandboxBuildError(
-            f"rlmesh_package='local' found no rlmesh-*.whl in {where}; build one with "
+            f"rlmesh_package='local' found no rlmesh-*.whl in {dist}; build one with "
             "'uv build --wheel' in the rlmesh checkout, or pass the wheel's path"
         )
     return max(wheels, key=lambda wheel: wheel.stat().st_mtime)

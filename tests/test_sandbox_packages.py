@@ -121,7 +121,7 @@ def test_rlmesh_package_installs_a_wheel_path_and_local_takes_the_newest_in_dist
     older = tmp_path / "dist" / "rlmesh-0.0.1-py3-none-any.whl"
     older.write_bytes(b"not a wheel")
     os.utime(older, (1, 1))  # the real wheel is newer, so "local" must pick it
-    assert venv.local_dist_dirs() == [tmp_path / "dist"]
+    assert venv.local_dist_dir() == tmp_path / "dist"
     assert venv.local_wheel() == wheel
     with SandboxEnv("CartPole-v1", rlmesh_package="local") as env:  # the same venv again
         assert env.reset(seed=0)[0].shape == (4,)
@@ -139,4 +139,4 @@ def test_rlmesh_package_local_without_a_wheel_says_where_it_looked(
 def test_local_looks_in_the_checkout_that_holds_rlmesh_when_there_is_one() -> None:
     # The tests run against the checkout (nox installs it editable): its dist/ is the place.
     assert venv._PACKAGE_DIR.parent == REPO
-    assert venv.local_dist_dirs() == [REPO / "dist"]
+    assert venv.local_dist_dir() == REPO / "dist"
