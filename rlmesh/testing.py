@@ -136,11 +136,12 @@ def check_sandbox_env(
                 f"compare=True, but {source!r} cannot be made in this process; install and "
                 "register it here, or pass compare=False"
             )
+    env_options = {"packages": packages, "imports": imports, "render_mode": render_mode}
     try:
-        steps, found = _check(source, twin, seeds, max_steps, skip_render_check, dict(
-            packages=packages, imports=imports, render_mode=render_mode,
-            **sandbox_options, **options,
-        ))  # fmt: skip
+        steps, found = _check(
+            source, twin, seeds, max_steps, skip_render_check,
+            {**env_options, **sandbox_options, **options},
+        )  # fmt: skip
         if twin is not None:
             expected = _warnings_of(
                 lambda: check_env(twin.unwrapped, skip_render_check=skip_render_check)
@@ -175,6 +176,11 @@ def _check(
     return steps, found
 
 
+def _in_space(where: str, env: SandboxEnv, obs: Any) -> None:
+    if obs not in env.observation_space:
+        raise AssertionError(f"{where}: observation {obs!r} is not in {env.observation_space}")
+
+
 _STEP_PARTS = ("observation", "reward", "terminated", "truncated", "info")
 
 
@@ -182,8 +188,7 @@ def _play(env: SandboxEnv, twin: Any, seed: int, max_steps: int) -> int:
     """One seeded episode in the sandbox (and the twin); the steps taken."""
     where = f"seed {seed}, reset"
     obs, info = env.reset(seed=seed)
-    if obs not in env.observation_space:
-        raise AssertionError(f"{where}: observation {obs!r} is not in {env.observation_space}")
+    _in_space(where, env, obs)
     if twin is not None:
         want_obs, want_info = twin.reset(seed=seed)
         _equal(f"{where}, observation", obs, want_obs)
@@ -193,10 +198,7 @@ def _play(env: SandboxEnv, twin: Any, seed: int, max_steps: int) -> int:
         where = f"seed {seed}, step {step}"
         action = env.action_space.sample()
         got = env.step(action)
-        if got[0] not in env.observation_space:
-            raise AssertionError(
-                f"{where}: observation {got[0]!r} is not in {env.observation_space}"
-            )
+        _in_space(where, env, got[0])
         if twin is not None:
             want = twin.step(action)
             for name, a, b in zip(_STEP_PARTS, got, want, strict=True):
