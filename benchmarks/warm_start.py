@@ -22,8 +22,8 @@ import time
 
 import anyio
 
-from rlmesh._spec import make_spec
-from rlmesh._venv import ensure_venv
+from rlmesh._backends.venv import ensure_venv
+from rlmesh._core.spec import make_spec
 from rlmesh.numpy import AsyncSandboxEnv, SandboxEnv
 
 PACKAGES = ["gymnasium==1.3.0"]
@@ -59,12 +59,13 @@ def first_build(rounds: int) -> tuple[float, float]:
     builds, creates = [], []
     saved = os.environ.get("RLMESH_CACHE_DIR")
     spec = make_spec("CartPole-v1", packages=PACKAGES)
+    resolved = spec.source.resolve(spec.options)
     try:
         for _ in range(rounds):
             with tempfile.TemporaryDirectory() as root:
                 os.environ["RLMESH_CACHE_DIR"] = root
                 start = time.perf_counter()
-                venv = anyio.run(ensure_venv, spec)
+                venv = anyio.run(ensure_venv, spec.options, resolved, spec.label)
                 builds.append(time.perf_counter() - start)
                 os.close(venv.in_use_fd)
             with tempfile.TemporaryDirectory() as root:

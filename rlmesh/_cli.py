@@ -17,12 +17,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import _cache
+from . import _config
+from ._backends import venv_cache as _cache
 from ._errors import SandboxError
 from ._version import __version__
 
 __all__ = ["main"]
 
+PREPARE_TIMEOUT = 600.0  # a first build may download a lot
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -50,16 +52,10 @@ def _ago(then: float) -> str:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from ._sync_env import SandboxEnv
+    from ._env import SandboxEnv
 
     started = time.monotonic()
-    with SandboxEnv(
-        args.source,
-        packages=args.package,
-        imports=args.imports,
-        rlmesh_package=args.rlmesh_package,
-        startup_timeout=args.timeout,
-    ) as env:
+    with SandboxEnv(args.source, **_config.cli_options(args)) as env:
         env.reset(seed=0)
         venv = Path(env.sandbox_versions["executable"]).parent.parent
         versions = env.sandbox_versions
@@ -121,7 +117,7 @@ def _check(ok: bool, what: str, detail: str) -> bool:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from ._venv import offline, uv_binary
+    from ._backends.venv import offline, uv_binary
 
     good = True
     print(f"rlmesh {__version__}")
@@ -164,18 +160,7 @@ def _parser() -> argparse.ArgumentParser:
         "prepare", help="build a sandbox ahead of time and check that its env starts"
     )
     prepare.add_argument("source", help="a Gymnasium id such as CartPole-v1")
-    prepare.add_argument("--package", action="append", default=[], metavar="REQ",
-                         help="a requirement to install (repeatable)")  # fmt: skip
-    prepare.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="a module to import first (repeatable)",
-    )
-    prepare.add_argument("--rlmesh-package", default=None, help="as the rlmesh_package option")
-    prepare.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
+    _config.add_cli_arguments(prepare, startup_timeout=PREPARE_TIMEOUT)
     prepare.set_defaults(func=_prepare)
 
     cache = commands.add_parser("cache", help="the cache of sandbox venvs")

@@ -7,13 +7,14 @@
 
 from __future__ import annotations
 
-from ._async_env import AsyncSandboxEnv
-from ._async_vector_env import AsyncSandboxVectorEnv
-from ._codec import RemoteObject
-from ._sandbox import State
-from ._spaces import OpaqueSpace
-from ._sync_env import SandboxEnv
-from ._sync_vector_env import SandboxVectorEnv
+from ._core.lifecycle import State
+from ._env import AsyncSandboxEnv, SandboxEnv
+from ._vector_env import AsyncSandboxVectorEnv, SandboxVectorEnv
+from ._wire.codec import RemoteObject
+from ._wire.spaces import OpaqueSpace
+
+for _public in (OpaqueSpace, RemoteObject, State):  # pickles and reprs name this module
+    _public.__module__ = __name__
 
 __all__ = [
     "AsyncSandboxEnv",

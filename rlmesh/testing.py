@@ -26,8 +26,9 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.utils.env_checker import check_env, data_equivalence
 
-from ._spec import OPTION_NAMES, GymSource, parse_source
-from ._sync_env import SandboxEnv
+from ._config import OPTION_NAMES
+from ._env import SandboxEnv
+from ._sources import GymSource, parse_source
 
 __all__ = ["SandboxCheck", "check_sandbox_env"]
 

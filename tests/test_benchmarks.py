@@ -31,7 +31,7 @@ def run_benchmark(name: str, *args: str) -> str:
 
 
 def test_every_benchmark_is_run_here() -> None:
-    tested = {"step_latency.py", "warm_start.py", "vector_throughput.py"}
+    tested = {"step_latency.py", "warm_start.py", "vector_throughput.py", "compare_revisions.py"}
     assert {path.name for path in BENCHMARKS.glob("*.py")} == tested
 
 
@@ -58,3 +58,16 @@ def test_vector_throughput_prints_each_subject_against_async_vector_env() -> Non
     rows = [line for line in out.splitlines() if RATIO.search(line)]
     assert len(rows) == 8, out
     assert sum("SandboxVectorEnv" in row for row in rows) == 4
+
+
+@pytest.mark.skipif(not (BENCHMARKS.parent / ".git").exists(), reason="needs the git checkout")
+def test_compare_revisions_prints_the_sync_face_ratio_before_and_after() -> None:
+    out = run_benchmark(
+        "compare_revisions.py", "--base", "HEAD", "--bench", "step_latency.py", "--repeats", "1",
+        "--", "--steps", "40", "--rounds", "1", "--placement", "none",
+    )  # fmt: skip
+    (row,) = [line for line in out.splitlines() if line.startswith("| none / SandboxEnv (os.pipe")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert re.fullmatch(r"\d+\.\d\dx", cells[1]) and re.fullmatch(r"\d+\.\d\dx", cells[2]), row
+    assert re.fullmatch(r"[-+]\d+\.\d%", cells[3]), row
+    assert "before: HEAD" in out and "CPUs" in out, out

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlmesh import ProtocolError
-from rlmesh._codec import Decoder, Encoder, RemoteObject, UnsafeValueError, decode, encode
-from rlmesh._protocol import decode_message
+from rlmesh._wire.codec import Decoder, Encoder, RemoteObject, UnsafeValueError, decode, encode
+from rlmesh._wire.protocol import decode_message
 
 
 def roundtrip(value: Any, *, opaque: bool = False) -> Any:

@@ -299,7 +299,7 @@ def test_flooding_stdout_and_stderr_keeps_host_memory_bounded(
         for _ in range(10):  # 40 MB of output
             env.step(0)
         assert rss() - before < 20 * 2**20
-        assert len(env._sandbox.child.output_tail()) <= 16 * 1024
+        assert len(env._core.started().child.output_tail()) <= 16 * 1024
 
 
 # -- isolation -----------------------------------------------------------------------------

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from test_codec import same
 
 from rlmesh import ProtocolError, RemoteEnvError
-from rlmesh import _protocol as P
-from rlmesh._codec import Encoder, decode, encode
+from rlmesh._wire import protocol as P
+from rlmesh._wire.codec import Encoder, decode, encode
 from rlmesh._worker import Worker
 
 

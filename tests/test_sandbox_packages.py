@@ -18,7 +18,7 @@ from gymnasium.utils.env_checker import check_env, data_equivalence
 
 import rlmesh
 from rlmesh import SandboxBuildError
-from rlmesh import _venv as venv
+from rlmesh._backends import venv
 from rlmesh.numpy import SandboxEnv
 from rlmesh.testing import _warnings_of as warnings_of
 
@@ -116,7 +116,7 @@ def test_rlmesh_package_installs_a_wheel_path_and_local_takes_the_newest_in_dist
         assert host_only == "[]"
 
     # "local" from a directory that is not a checkout: ./dist of the current directory
-    monkeypatch.setattr(venv, "_PACKAGE_DIR", tmp_path / "site-packages" / "rlmesh")
+    monkeypatch.setattr(venv.payload, "PACKAGE_DIR", tmp_path / "site-packages" / "rlmesh")
     monkeypatch.chdir(tmp_path)
     older = tmp_path / "dist" / "rlmesh-0.0.1-py3-none-any.whl"
     older.write_bytes(b"not a wheel")
@@ -130,7 +130,7 @@ def test_rlmesh_package_installs_a_wheel_path_and_local_takes_the_newest_in_dist
 def test_rlmesh_package_local_without_a_wheel_says_where_it_looked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(venv, "_PACKAGE_DIR", tmp_path / "site-packages" / "rlmesh")
+    monkeypatch.setattr(venv.payload, "PACKAGE_DIR", tmp_path / "site-packages" / "rlmesh")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SandboxBuildError, match=r"no rlmesh-\*\.whl in .*dist.*uv build --wheel"):
         SandboxEnv("CartPole-v1", rlmesh_package="local")
@@ -138,5 +138,5 @@ def test_rlmesh_package_local_without_a_wheel_says_where_it_looked(
 
 def test_local_looks_in_the_checkout_that_holds_rlmesh_when_there_is_one() -> None:
     # The tests run against the checkout (nox installs it editable): its dist/ is the place.
-    assert venv._PACKAGE_DIR.parent == REPO
+    assert venv.payload.PACKAGE_DIR.parent == REPO
     assert venv.local_dist_dir() == REPO / "dist"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from rlmesh._codec import decode, encode
-from rlmesh._spaces import OpaqueSpace, space_from_data, space_to_data
+from rlmesh._wire.codec import decode, encode
+from rlmesh._wire.spaces import OpaqueSpace, space_from_data, space_to_data
 
 
 def travel(space: Any) -> Any:

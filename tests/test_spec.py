@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from rlmesh._spec import GymSource, HubSource, make_spec, parse_source
+from rlmesh._backends.payload import requirement_names
+from rlmesh._core.spec import make_spec
+from rlmesh._sources import GymSource, HubSource, parse_source
 from rlmesh.numpy import AsyncSandboxEnv, SandboxEnv
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -99,14 +101,14 @@ def test_local_path_packages_are_resolved(tmp_path: Path) -> None:
     wheel = tmp_path / "thing-1.0-py3-none-any.whl"
     wheel.write_bytes(b"")
     spec = make_spec("CartPole-v1", packages=[str(wheel), "numpy<3"])
-    assert spec.packages == (str(wheel.resolve()), "numpy<3")
-    assert spec.requirement_names() == {"numpy"}
+    assert spec.options.packages == (str(wheel.resolve()), "numpy<3")
+    assert requirement_names(list(spec.options.packages)) == {"numpy"}
 
 
 def test_rlmesh_package_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RLMESH_SANDBOX_RLMESH_PACKAGE", "rlmesh==0.1.0")
-    assert make_spec("CartPole-v1").rlmesh_package == "rlmesh==0.1.0"
-    assert make_spec("CartPole-v1", rlmesh_package="local").rlmesh_package == "local"
+    assert make_spec("CartPole-v1").options.rlmesh_package == "rlmesh==0.1.0"
+    assert make_spec("CartPole-v1", rlmesh_package="local").options.rlmesh_package == "local"
 
 
 def test_faces_reject_bad_input_before_building_anything() -> None:

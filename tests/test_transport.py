@@ -11,7 +11,7 @@ import anyio
 import pytest
 from sandbox_options import TEST_ENVS
 
-from rlmesh import _transport
+from rlmesh._core import channels as _transport
 from rlmesh.numpy import AsyncSandboxEnv
 
 pytestmark = [pytest.mark.anyio]

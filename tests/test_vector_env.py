@@ -9,6 +9,7 @@ import anyio
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium.error import AlreadyPendingCallError, NoAsyncCallError
 from gymnasium.utils.env_checker import data_equivalence
 from gymnasium.vector import AutoresetMode
 from sandbox_options import TEST_ENVS
@@ -58,10 +59,10 @@ def test_step_async_and_wait_overlap_with_host_work() -> None:
         assert same(env.reset(seed=0), ref.reset(seed=0))
         actions = np.array([0, 1, 1, 0])
         env.step_async(actions)
-        with pytest.raises(RuntimeError, match="awaits its step_wait"):
+        with pytest.raises(AlreadyPendingCallError, match="awaits its step_wait"):
             env.step(actions)
         assert same(env.step_wait(), ref.step(actions))
-        with pytest.raises(RuntimeError, match="without a step_async"):
+        with pytest.raises(NoAsyncCallError, match="without a step_async"):
             env.step_wait()
 
 

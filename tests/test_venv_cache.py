@@ -16,9 +16,10 @@ import pytest
 from sandbox_options import TEST_ENVS
 
 from rlmesh import SandboxBuildError
-from rlmesh._cache import MARKER
-from rlmesh._spec import make_spec
-from rlmesh._venv import key_inputs, venv_key
+from rlmesh._backends import venv
+from rlmesh._backends.venv import venv_key
+from rlmesh._backends.venv_cache import MARKER
+from rlmesh._core.spec import SandboxSpec, make_spec
 from rlmesh.numpy import SandboxEnv
 
 pytestmark = pytest.mark.sandbox
@@ -32,6 +33,11 @@ with SandboxEnv("CartPole-v1", packages=sys.argv[1:]) as env:
     env.step(0)
 print("OK", env.pid)
 """
+
+
+def key_inputs(spec: SandboxSpec) -> dict:
+    """The venv backend's cache-key inputs for a spec (its source resolved first)."""
+    return venv.key_inputs(spec.options, spec.source.resolve(spec.options))
 
 
 def packages(tag: str) -> list[str]:
@@ -144,7 +150,7 @@ def test_offline_builds_from_uvs_cache_and_names_what_is_missing(
 def test_build_progress_goes_to_logging_with_a_heartbeat(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr("rlmesh._venv.HEARTBEAT", 0.05)
+    monkeypatch.setattr("rlmesh._backends.venv.HEARTBEAT", 0.05)
     caplog.set_level(logging.INFO, logger="rlmesh.build")
     pkgs = packages("0.0.10")
     fresh_key(pkgs)

@@ -14,44 +14,40 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import weakref
 from typing import Any
 
 import numpy as np
 from gymnasium.spaces import Box
 from gymnasium.vector.utils import batch_space
 
-from . import _batch
-from . import _protocol as P
-from ._sandbox import Sandbox, reply_values
-from ._spaces import OpaqueSpace
+from .._errors import SandboxError
+from .._wire import protocol as P
+from .._wire.spaces import OpaqueSpace
+from . import batch as _batch
+from .lifecycle import Event, Lifecycle, State
+from .spec import SandboxSpec
+from .startup import Sandbox, reply_values
 
-__all__ = ["VectorCore", "check_vector_options"]
+__all__ = ["VectorCore", "worker_requests"]
 
-_MODES = ("sync", "async")
 SHM_MIN = 64 * 1024  # bytes of a worker's observation batch from which shared memory pays
 
 
-def check_vector_options(
-    num_envs: int, num_workers: int, vectorization_mode: str, autoreset_mode: Any
-) -> tuple[list[int], str | None]:
-    """Validate the vector options; return the shard sizes and the autoreset mode's value."""
-    sizes = _batch.shard_sizes(num_envs, num_workers)
-    if vectorization_mode not in _MODES:
-        raise ValueError(
-            f"vectorization_mode must be 'sync' or 'async' (how each sandbox runs its share "
-            f"of sub-envs), not {vectorization_mode!r}"
-        )
-    if autoreset_mode is None:
-        return sizes, None
-    from gymnasium.vector import AutoresetMode
-
-    try:
-        return sizes, AutoresetMode(getattr(autoreset_mode, "value", autoreset_mode)).value
-    except ValueError:
-        names = ", ".join(repr(m.value) for m in AutoresetMode)
-        raise ValueError(
-            f"autoreset_mode must be an AutoresetMode or one of {names}, not {autoreset_mode!r}"
-        ) from None
+def worker_requests(spec: SandboxSpec) -> list[tuple[dict[str, Any], str]]:
+    """The vector request and the label that start each worker of ``spec``."""
+    options = spec.options
+    sizes = _batch.shard_sizes(options.num_envs, options.num_workers)
+    requests = []
+    for index, size in enumerate(sizes):
+        vector = {
+            "num_envs": size,
+            "vectorization_mode": options.vectorization_mode,
+            "autoreset_mode": options.autoreset_mode,
+        }
+        label = spec.label if len(sizes) == 1 else f"{spec.label} [worker {index}/{len(sizes)}]"
+        requests.append((vector, label))
+    return requests
 
 
 def _batched(space: Any, n: int) -> Any:
@@ -64,24 +60,41 @@ def _batched(space: Any, n: int) -> Any:
 
 
 class VectorCore:
-    """Spaces, metadata and the pure split/join of requests for a set of worker sandboxes."""
+    """What both vector faces share, without I/O: the lifecycle, the workers' static info,
+    spaces and metadata, the split of requests and the join of replies, failure booking.
 
-    def __init__(
-        self,
-        sandboxes: list[Sandbox],
-        sizes: list[int],
-        label: str,
-        vectorization_mode: str = "sync",
-        autoreset_mode: str | None = None,
-    ) -> None:
+    Attributes:
+        workers: Per worker, the vector request and label that start it.
+        sandboxes: The started workers (empty before ``install``).
+        dead: Workers stopped after a failure, for ``auto_restart``.
+        at: The worker the current send or receive is talking to.
+    """
+
+    def __init__(self, spec: SandboxSpec, start_hint: str) -> None:
+        self.spec = spec
+        self.label = spec.label
+        self.life = Lifecycle(spec.label, auto_restart=spec.options.auto_restart,
+                              start_hint=start_hint)  # fmt: skip
+        self.timeouts = spec.options.timeouts
+        self.workers = worker_requests(spec)
+        self.sizes: list[int] = [vector["num_envs"] for vector, _ in self.workers]
+        self.ranges = _batch.bounds(self.sizes)
+        self.num_envs = sum(self.sizes)
+        self.encoder = P.RequestEncoder()
+        self.sandboxes: list[Sandbox] = []
+        self._finalizers: list[weakref.finalize[Any, Any]] = []
+        self._last_obs: list[Any] = []  # per worker: observations of the last reply
+        self._shm: list[Any] = [None] * len(self.sizes)  # per worker: (mmap, view) or None
+        self.dead: set[int] = set()
+        self.at = 0
+
+    def install(self, owner: object, sandboxes: list[Sandbox]) -> None:
+        """Take the started workers; ``owner`` is the face, whose collection kills them."""
         from gymnasium.vector import AutoresetMode
 
         self.sandboxes = sandboxes
-        self.sizes = sizes
-        self.ranges = _batch.bounds(sizes)
-        self.label = label
+        self._finalizers = [weakref.finalize(owner, s.child.abandon) for s in sandboxes]
         first = sandboxes[0]
-        self.num_envs = sum(sizes)
         self.single_observation_space = first.observation_space
         self.single_action_space = first.action_space
         self.observation_space = _batched(first.observation_space, self.num_envs)
@@ -91,33 +104,49 @@ class VectorCore:
             metadata["autoreset_mode"] = AutoresetMode(metadata["autoreset_mode"])
         self.metadata = metadata
         self.render_mode = first.render_mode
-        self.encoder = P.RequestEncoder()
-        self._last_obs: list[Any] = []  # per worker: observations of the last reply
-        self._shm: list[Any] = [None] * len(sizes)  # per worker: (mmap, ndarray view) or None
-        self._mode, self._autoreset = vectorization_mode, autoreset_mode
-        self.dead: set[int] = set()  # workers stopped after a failure, for auto_restart
-        self.at = 0  # the worker the current send or receive is talking to
+        self.life.fire(Event.STARTED)
 
-    def worker(self, index: int) -> tuple[dict[str, Any], str]:
-        """The vector request and the label that start worker ``index``."""
-        vector = {
-            "num_envs": self.sizes[index],
-            "vectorization_mode": self._mode,
-            "autoreset_mode": self._autoreset,
-        }
-        if len(self.sizes) == 1:
-            return vector, self.label
-        return vector, f"{self.label} [worker {index}/{len(self.sizes)}]"
+    def started(self) -> VectorCore:
+        """This core, or the error for a face that was never started."""
+        if not self.sandboxes:
+            raise self.life.closed_error()
+        return self
 
-    def replace(self, index: int, sandbox: Sandbox) -> None:
+    def replace(self, owner: object, index: int, sandbox: Sandbox) -> None:
         """Put a fresh sandbox in worker ``index``'s place (after ``auto_restart``)."""
         entry = self._shm[index]
         if entry is not None:
             self._shm[index] = None
             with contextlib.suppress(BufferError):
                 entry[0].close()
+        self._finalizers[index].detach()
+        self._finalizers[index] = weakref.finalize(owner, sandbox.child.abandon)
         self.sandboxes[index] = sandbox
         self.dead.discard(index)
+
+    def restarted(self, indices: list[int]) -> None:
+        self.life.restarted(len(indices))
+
+    def failed(self, exc: SandboxError, what: str) -> SandboxError:
+        """Book a failed call: a fatal one kills the worker it came from (``auto_restart``
+        replaces it at the next reset) or, without ``auto_restart``, every worker."""
+        error, broke = self.life.failed(exc, what)
+        if broke:
+            failed = [self.at] if self.life.auto_restart else range(len(self.sizes))
+            for index in failed:
+                self.sandboxes[index].child.abandon()
+                self.dead.add(index)
+        return error
+
+    def begin_close(self) -> State:
+        """Mark the face closed; return the state it was in."""
+        return self.life.fire(Event.CLOSED)
+
+    def detach(self) -> None:
+        """Release shared memory and stop guarding the workers (they were stopped)."""
+        self.release_shm()
+        for finalizer in self._finalizers:
+            finalizer.detach()
 
     def restarted_infos(self, infos: dict[str, Any], indices: list[int]) -> dict[str, Any]:
         """Mark the sub-envs of restarted workers in ``infos`` (Gymnasium's mask style)."""
@@ -150,14 +179,16 @@ class VectorCore:
 
     def shm_requests(self) -> list[bytes | None]:
         """``SHM_SETUP`` for each worker whose observation batch is large enough to gain
-        (and whose buffer is not mapped yet)."""
+        (whose buffer is not mapped yet, and whose memory the host can reach)."""
         space = self.single_observation_space
-        if type(space) is not Box or self.sandboxes[0].spec.isolation == "bwrap":
-            return [None] * len(self.sizes)  # bwrap: the worker's pid is not ours to map
+        if type(space) is not Box:
+            return [None] * len(self.sizes)
         item = int(np.prod(space.shape)) * np.dtype(space.dtype).itemsize
         return [
             self.encoder.encode([P.SHM_SETUP, size * item])
-            if size * item >= SHM_MIN and self._shm[index] is None
+            if size * item >= SHM_MIN
+            and self._shm[index] is None
+            and self.sandboxes[index].child.peer_fd_path(0) is not None
             else None
             for index, size in enumerate(self.sizes)
         ]
@@ -169,9 +200,11 @@ class VectorCore:
         space = self.single_observation_space
         shape = (self.sizes[index], *space.shape)
         nbytes = int(np.prod(shape)) * np.dtype(space.dtype).itemsize
-        pid = self.sandboxes[index].child.pid
+        path = self.sandboxes[index].child.peer_fd_path(int(fd_number))
         try:
-            fd = os.open(f"/proc/{pid}/fd/{int(fd_number)}", os.O_RDWR | os.O_CLOEXEC)
+            if path is None:  # the worker's fds are not ours to open (bwrap, a container)
+                raise OSError("no path to the worker's memory")
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             try:
                 mapping = mmap.mmap(fd, nbytes)
             finally:
@@ -241,8 +274,9 @@ class VectorCore:
     def render_requests(self) -> list[bytes]:
         return [self.encoder.encode([P.RENDER])] * len(self.sizes)
 
-    def join_tuples(self, replies: list[list[Any]]) -> Any:
-        """Per-sub-env results (call, get_attr, render) joined into one tuple."""
+    def join_tuples(self, replies: list[list[Any]]) -> tuple[Any, ...] | None:
+        """Per-sub-env results (render) joined into one tuple; ``None`` if every worker
+        answered ``None``."""
         values = [reply_values(reply, 2)[1] for reply in replies]
         if all(value is None for value in values):
             return None
@@ -250,6 +284,11 @@ class VectorCore:
         for value in values:
             joined.extend(value)
         return tuple(joined)
+
+    def join_results(self, replies: list[list[Any]]) -> tuple[Any, ...]:
+        """Per-sub-env results (call, get_attr): one per sub-env, ``None`` where none came."""
+        joined = self.join_tuples(replies)
+        return (None,) * self.num_envs if joined is None else joined
 
     def join_none(self, replies: list[list[Any]]) -> None:
         for reply in replies:

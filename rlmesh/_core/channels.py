@@ -23,10 +23,10 @@ from typing import Any
 
 import anyio
 
-from . import _protocol as P
-from ._errors import ProtocolError, SandboxTimeoutError
-from ._process import ChildProcess
-from ._spin import Spinner
+from .._backends import WorkerHandle
+from .._errors import ProtocolError, SandboxTimeoutError
+from .._wire import protocol as P
+from .._wire.spin import Spinner
 
 __all__ = ["AsyncChannel", "BlockingChannel"]
 
@@ -34,7 +34,7 @@ MIN_READ = 1 << 16  # small reads stay cheap: os.read allocates the whole size u
 MAX_READ = 1 << 20
 
 
-def _timeout_error(child: ChildProcess, what: str, timeout: float) -> SandboxTimeoutError:
+def _timeout_error(child: WorkerHandle, what: str, timeout: float) -> SandboxTimeoutError:
     child.kill()
     return SandboxTimeoutError(
         f"the sandbox for {child.label!r} (pid {child.pid}) did not answer {what} within "
@@ -43,7 +43,7 @@ def _timeout_error(child: ChildProcess, what: str, timeout: float) -> SandboxTim
 
 
 class _Base:
-    def __init__(self, child: ChildProcess, reader: P.FrameReader) -> None:
+    def __init__(self, child: WorkerHandle, reader: P.FrameReader) -> None:
         self.child = child
         self._reader = reader
         self._ready: list[bytes] = []
@@ -79,7 +79,7 @@ class BlockingChannel(_Base):
     ``poll``, which also bounds it when a timeout is given.
     """
 
-    def __init__(self, child: ChildProcess, reader: P.FrameReader) -> None:
+    def __init__(self, child: WorkerHandle, reader: P.FrameReader) -> None:
         super().__init__(child, reader)
         os.set_blocking(child.from_child, False)
         os.set_blocking(child.to_child, False)
@@ -334,7 +334,7 @@ class AsyncChannel(_Base):
     wait with ``anyio.wait_readable``.
     """
 
-    def __init__(self, child: ChildProcess, reader: P.FrameReader) -> None:
+    def __init__(self, child: WorkerHandle, reader: P.FrameReader) -> None:
         super().__init__(child, reader)
         os.set_blocking(child.from_child, False)
         os.set_blocking(child.to_child, False)

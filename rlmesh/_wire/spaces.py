@@ -23,7 +23,7 @@ __all__ = ["OpaqueSpace", "space_from_data", "space_to_data"]
 
 
 def _named(name: str) -> type[Any] | None:
-    return getattr(spaces, name, None)  # type: ignore[no-any-return]
+    return getattr(spaces, name, None)
 
 
 # Checked in order: subclasses before the classes they extend.

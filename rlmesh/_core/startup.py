@@ -1,54 +1,46 @@
-"""The shared core of both faces: start a sandbox, describe it, and shape its messages.
+"""Starting a sandbox: resolve the source, start a worker on a backend, handshake, make.
 
-``start_sandbox`` is the one startup path (async; the sync face calls it through the shared
-blocking portal): pick the backend, build or reuse the environment, start the worker, check
-the handshake, make the env and rebuild its spaces on the host. What comes back is a
-``Sandbox``: the child process, its frame reader and what the host knows about the env.
-Per-call work (encode a request, check the reply) is plain functions shared by both faces.
+``start_sandbox`` is the one startup path (async; the sync faces call it through the shared
+blocking portal): resolve the source, let the backend build or reuse the environment and
+start the worker, check the handshake, make the env and rebuild its spaces on the host. What
+comes back is a ``Sandbox``: the worker handle, its frame reader and what the host knows
+about the env. Also here: the small reply and action helpers every face uses.
 """
 
 from __future__ import annotations
 
-import enum
-import os
-import sys
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
 
-from . import _protocol as P
-from ._errors import (
+from .._backends import WorkerHandle, backend_for
+from .._errors import (
     ProtocolError,
     RemoteEnvError,
-    SandboxClosedError,
     SandboxCrashedError,
     SandboxError,
     SandboxStartupError,
     SandboxTimeoutError,
 )
-from ._process import ChildProcess, bwrap_command, spawn_worker
-from ._spaces import space_from_data
-from ._spec import GymSource, SandboxSpec
-from ._transport import AsyncChannel
-from ._venv import ensure_venv
-from ._version import __version__
+from .._version import __version__
+from .._wire import protocol as P
+from .._wire.spaces import space_from_data
+from .channels import AsyncChannel
+from .spec import SandboxSpec
 
-__all__ = ["Sandbox", "State", "action_checker", "host_env_spec", "start_sandbox"]
-
-CLOSE_TIMEOUT = 10.0  # how long env.close() in the sandbox may take before we stop it
-
-
-class State(enum.Enum):
-    """Lifecycle of a sandbox env."""
-
-    CREATED = "created"  # options checked, nothing started
-    READY = "ready"
-    CLOSED = "closed"
-    BROKEN = "broken"  # the child died, timed out or spoke nonsense; only close() is left
+__all__ = [
+    "Sandbox",
+    "action_checker",
+    "bad_action",
+    "host_env_spec",
+    "reply_values",
+    "start_sandbox",
+    "start_vector_sandboxes",
+]
 
 
 @dataclass
@@ -56,7 +48,7 @@ class Sandbox:
     """A started sandbox and what the host knows about its environment."""
 
     spec: SandboxSpec
-    child: ChildProcess
+    child: WorkerHandle
     reader: P.FrameReader
     versions: dict[str, Any]
     observation_space: Any
@@ -67,21 +59,13 @@ class Sandbox:
     num_envs: int | None = None  # for vector envs: sub-envs in this sandbox
 
 
-def _child_env(venv_path: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["VIRTUAL_ENV"] = venv_path
-    env["PATH"] = os.pathsep.join([os.path.join(venv_path, "bin"), env.get("PATH", "")])
-    env.pop("PYTHONHOME", None)
-    return env
-
-
-def _make_request(spec: SandboxSpec, vector: dict[str, Any] | None) -> list[Any]:
+def _make_request(spec: SandboxSpec, source: Any, vector: dict[str, Any] | None) -> list[Any]:
     return [
         P.MAKE,
         {
-            "source": spec.source.worker_request(),
-            "imports": list(spec.imports),
-            "render_mode": spec.render_mode,
+            "source": dict(source),
+            "imports": list(spec.options.imports),
+            "render_mode": spec.options.render_mode,
             "kwargs": dict(spec.make_kwargs),
             "vector": vector,
         },
@@ -98,54 +82,24 @@ async def start_sandbox(
         vector: For a vector env: ``num_envs``, ``vectorization_mode``, ``autoreset_mode``.
         label: How messages name this sandbox (default: the source).
 
-    Bounded by ``spec.startup_timeout`` in all; on any failure the child is stopped.
+    Bounded by the ``startup_timeout`` option in all; on any failure the child is stopped.
     """
     name = label or spec.label
-    if spec.base_image is not None:
-        raise NotImplementedError(
-            "the Docker backend (base_image=...) is not available yet; leave base_image unset "
-            "to run the environment in a uv virtualenv"
-        )
-    if not isinstance(spec.source, GymSource):
-        raise NotImplementedError(
-            f"{spec.label!r}: Hugging Face EnvHub sources are not supported yet; use a Gymnasium id"
-        )
-    wrapper: list[str] = []
-    if spec.isolation == "bwrap":
-        wrapper = bwrap_command()  # checked before the build: a missing bwrap fails fast
-    worker_args: list[str] = []
-    if spec.max_memory is not None:
-        worker_args += ["--max-memory", str(spec.max_memory)]
-    if spec.max_cpu_seconds is not None:
-        worker_args += ["--max-cpu-seconds", str(spec.max_cpu_seconds)]
-    child: ChildProcess | None = None
+    options = spec.options
+    backend = backend_for(options)
+    child: WorkerHandle | None = None
     try:
-        with anyio.fail_after(spec.startup_timeout):
-            venv = await ensure_venv(spec)
-            if wrapper:
-                keep = [str(venv.path), os.path.realpath(sys.base_prefix)]
-                wrapper = bwrap_command([p for p in keep if p.startswith("/tmp")])
-            try:  # the child inherits the venv's in-use lock, so no prune removes it meanwhile
-                child = await anyio.to_thread.run_sync(
-                    lambda: spawn_worker(
-                        venv.python,
-                        label=name,
-                        env=_child_env(str(venv.path)),
-                        keep_fds=(venv.in_use_fd,),
-                        worker_args=worker_args,
-                        wrapper=wrapper,
-                    )
-                )
-            finally:
-                os.close(venv.in_use_fd)
-            return await _handshake(spec, child, vector, name)
+        with anyio.fail_after(options.startup_timeout):
+            resolved = spec.source.resolve(options)
+            child = await backend.start(options, resolved, name)
+            return await _handshake(spec, child, resolved.request, vector, name)
     except TimeoutError:
         if child is not None:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(child.stop, 0.5)
         raise SandboxTimeoutError(
             f"the sandbox for {name!r} was not ready within startup_timeout="
-            f"{spec.startup_timeout:g} s (this includes building its virtualenv)"
+            f"{options.startup_timeout:g} s (this includes building its virtualenv)"
         ) from None
     except BaseException:
         if child is not None:
@@ -155,7 +109,11 @@ async def start_sandbox(
 
 
 async def _handshake(
-    spec: SandboxSpec, child: ChildProcess, vector: dict[str, Any] | None, name: str
+    spec: SandboxSpec,
+    child: WorkerHandle,
+    source: Any,
+    vector: dict[str, Any] | None,
+    name: str,
 ) -> Sandbox:
     reader = P.FrameReader()
     channel = AsyncChannel(child, reader)
@@ -174,7 +132,7 @@ async def _handshake(
         if mismatch:
             raise failed(mismatch)
         encoder = P.RequestEncoder()
-        reply = await channel.request(encoder.encode(_make_request(spec, vector)), "make")
+        reply = await channel.request(encoder.encode(_make_request(spec, source, vector)), "make")
         if reply[0] != P.OK or len(reply) != 2 or not isinstance(reply[1], dict):
             P.raise_for_reply(reply, 2)
         info = reply[1]
@@ -201,27 +159,21 @@ async def _handshake(
 
 
 async def start_vector_sandboxes(
-    spec: SandboxSpec, sizes: list[int], vectorization_mode: str, autoreset_mode: str | None
+    spec: SandboxSpec, workers: list[tuple[dict[str, Any], str]]
 ) -> list[Sandbox]:
-    """Start one vector-env sandbox per entry of ``sizes`` (sub-envs each), concurrently.
+    """Start one vector-env sandbox per worker (its vector request, its label), concurrently.
 
     They share one venv (built once). If any fails, the others are stopped.
     """
-    started: list[Sandbox | None] = [None] * len(sizes)
+    started: list[Sandbox | None] = [None] * len(workers)
 
-    async def start(index: int, size: int) -> None:
-        vector = {
-            "num_envs": size,
-            "vectorization_mode": vectorization_mode,
-            "autoreset_mode": autoreset_mode,
-        }
-        label = spec.label if len(sizes) == 1 else f"{spec.label} [worker {index}/{len(sizes)}]"
+    async def start(index: int, vector: dict[str, Any], label: str) -> None:
         started[index] = await start_sandbox(spec, vector, label)
 
     try:
         async with anyio.create_task_group() as group:
-            for index, size in enumerate(sizes):
-                group.start_soon(start, index, size)
+            for index, (vector, label) in enumerate(workers):
+                group.start_soon(start, index, vector, label)
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
             for sandbox in started:
@@ -233,39 +185,6 @@ async def start_vector_sandboxes(
             raise first from None
         raise
     return [sandbox for sandbox in started if sandbox is not None]
-
-
-_Face = TypeVar("_Face", bound="AsyncFace")
-
-
-class AsyncFace:
-    """Lifecycle plumbing shared by the async faces: ``create``, ``async with``."""
-
-    _state: State
-
-    def __init__(self, source: str, **options: Any) -> None:
-        raise NotImplementedError
-
-    async def start(self) -> None:
-        raise NotImplementedError
-
-    async def aclose(self) -> None:
-        raise NotImplementedError
-
-    @classmethod
-    async def create(cls: type[_Face], source: str, **options: Any) -> _Face:
-        """Build (or reuse) the sandbox and start it; takes the constructor's options."""
-        env = cls(source, **options)
-        await env.start()
-        return env
-
-    async def __aenter__(self: _Face) -> _Face:
-        if self._state is State.CREATED:
-            await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 def host_env_spec(sandbox: Sandbox) -> EnvSpec | None:
@@ -312,22 +231,6 @@ def bad_action(sandbox: Sandbox, action: Any) -> ValueError:
         f"{sandbox.action_space} of {sandbox.spec.label!r}; env.action_space.sample() gives a "
         "valid one"
     )
-
-
-def closed_error(label: str, state: State, reason: str | None) -> SandboxClosedError:
-    """The error for a call on a sandbox that is not ready."""
-    if state is State.CREATED:
-        return SandboxClosedError(
-            f"the sandbox for {label!r} is not started; use 'await AsyncSandboxEnv.create(...)' "
-            "or 'async with AsyncSandboxEnv(...) as env'"
-        )
-    why = f": {reason}" if reason else ""
-    return SandboxClosedError(f"the sandbox for {label!r} is {state.value}{why}")
-
-
-def is_fatal(exc: BaseException) -> bool:
-    """Whether an error leaves the sandbox unusable (the env's own errors do not)."""
-    return isinstance(exc, SandboxError) and not isinstance(exc, RemoteEnvError)
 
 
 def reply_values(message: list[Any], length: int) -> list[Any]:

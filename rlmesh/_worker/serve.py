@@ -1,52 +1,26 @@
-"""The sandbox side: ``python -m rlmesh._worker`` serves one environment over the protocol.
+"""``Worker``: serves one environment over the protocol, as a loop over read and write.
 
-Run by the host inside the sandbox's virtualenv. It imports only the standard library, numpy,
-gymnasium, msgpack, cloudpickle (to read what the host pickled) and rlmesh's stdlib-only
-modules, so
-installing rlmesh into a sandbox brings none of the host-side dependencies.
-
-Two ways to get the protocol streams:
-
-- ``--fds R W``: dedicated pipe fds passed by the host (the venv backend). The child's own
-  stdout and stderr are separate pipes that env code may flood or print to freely.
-- ``--stdio``: stdin/stdout carry the protocol (for backends that forward only stdio, such as
-  containers). The worker moves them to private fds at once and points fd 1 at stderr, so
-  env code that prints cannot reach the protocol stream.
-
-``Worker.serve`` is a loop over two callables (read and write), so tests can also run it
-in-process over a socket pair.
+``Worker.serve`` takes two callables, ``read(n)`` and ``write(bytes)``, so tests can run it
+in-process over a socket pair (coverage cannot follow it into a uv child). The envs are made
+by ``make`` (one maker per source kind); the process around it is ``main``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import platform
-import select
-import signal
 import sys
-import threading
 import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from . import _protocol as P
-from ._codec import Encoder, unpack
-from ._spaces import space_to_data
-from ._spin import Spinner
-from ._version import __version__
+from .._version import __version__
+from .._wire import protocol as P
+from .._wire.codec import Encoder, unpack
+from .make import make_env
 
-__all__ = ["Worker", "main"]
-
-_SPEC_FIELDS = (
-    "id",
-    "reward_threshold",
-    "nondeterministic",
-    "max_episode_steps",
-    "order_enforce",
-    "disable_env_checker",
-)
+__all__ = ["Worker"]
 
 
 def _versions() -> dict[str, Any]:
@@ -64,16 +38,6 @@ def _versions() -> dict[str, Any]:
         "pid": os.getpid(),
         "executable": sys.executable,
     }
-
-
-def _spec_data(env: Any) -> dict[str, Any] | None:
-    spec = getattr(env, "spec", None)
-    if spec is None:
-        return None
-    data = {name: getattr(spec, name, None) for name in _SPEC_FIELDS}
-    entry = getattr(spec, "entry_point", None)
-    data["entry_point"] = entry if isinstance(entry, str) or entry is None else repr(entry)
-    return data
 
 
 class Worker:
@@ -208,63 +172,8 @@ class Worker:
         ]
 
     def _make(self, request: dict[str, Any]) -> list[Any]:
-        for name in request.get("imports", ()):
-            importlib.import_module(name)
-        source = request["source"]
-        kwargs = dict(request.get("kwargs") or {})
-        if request.get("render_mode") is not None:
-            kwargs["render_mode"] = request["render_mode"]
-        if source["kind"] != "gym":
-            raise NotImplementedError(f"sources of kind {source['kind']!r} are not supported")
-        import gymnasium
-
-        vector = request.get("vector")
-        if vector is None:
-            self.env = gymnasium.make(source["id"], **kwargs)
-            env = self.env
-            return [
-                P.OK,
-                {
-                    "observation_space": space_to_data(env.observation_space),
-                    "action_space": space_to_data(env.action_space),
-                    "metadata": dict(getattr(env, "metadata", {}) or {}),
-                    "render_mode": getattr(env, "render_mode", None),
-                    "spec": _spec_data(env),
-                },
-            ]
-        return self._make_vector(gymnasium, source["id"], vector, kwargs)
-
-    def _make_vector(
-        self, gymnasium: Any, env_id: str, vector: dict[str, Any], kwargs: dict[str, Any]
-    ) -> list[Any]:
-        vector_kwargs: dict[str, Any] = {}
-        if vector.get("autoreset_mode") is not None:
-            from gymnasium.vector import AutoresetMode  # gymnasium >= 1.1
-
-            vector_kwargs["autoreset_mode"] = AutoresetMode(vector["autoreset_mode"])
-        self.env = gymnasium.make_vec(
-            env_id,
-            num_envs=vector["num_envs"],
-            vectorization_mode=vector.get("vectorization_mode") or "sync",
-            vector_kwargs=vector_kwargs,
-            **kwargs,
-        )
-        env = self.env
-        metadata = dict(getattr(env, "metadata", {}) or {})
-        mode = metadata.get("autoreset_mode")
-        if mode is not None:  # an enum: travels as its value
-            metadata["autoreset_mode"] = getattr(mode, "value", str(mode))
-        return [
-            P.OK,
-            {
-                "observation_space": space_to_data(env.single_observation_space),
-                "action_space": space_to_data(env.single_action_space),
-                "metadata": metadata,
-                "render_mode": getattr(env, "render_mode", None),
-                "spec": _spec_data(env),
-                "num_envs": int(env.num_envs),
-            },
-        ]
+        self.env, description = make_env(request)
+        return [P.OK, description]
 
     def _reset(self, seed: Any, options: Any) -> list[Any]:
         obs, info = self.env.reset(seed=seed, options=options)
@@ -349,115 +258,3 @@ def _out_of_memory() -> NoReturn:
     with contextlib.suppress(Exception):
         os.write(2, b"rlmesh sandbox: the environment ran out of memory (MemoryError); exiting\n")
     os._exit(OUT_OF_MEMORY_EXIT)
-
-
-def _fd_reader(fd: int) -> Callable[[int], bytes]:
-    """Reads with a short adaptive spin first (see ``_spin``), then a blocking wait."""
-    os.set_blocking(fd, False)
-    spin = Spinner(fd).read
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-
-    def read(size: int) -> bytes:
-        data = spin(size)
-        if data is not None:
-            return data
-        while True:
-            poller.poll()
-            try:
-                return os.read(fd, size)
-            except (BlockingIOError, InterruptedError):
-                continue
-
-    return read
-
-
-def _fd_writer(fd: int) -> Callable[[bytes], None]:
-    def write(data: bytes) -> None:
-        sent = os.write(fd, data)
-        if sent != len(data):  # a pipe takes up to its buffer size at once
-            view = memoryview(data)[sent:]
-            while view:
-                view = view[os.write(fd, view) :]
-
-    return write
-
-
-def _close_quietly(*fds: int) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
-def _watch_host(fd: int) -> None:
-    """Wait for the host's end of the request pipe to close, then end our process group.
-
-    Runs in a daemon thread, so it fires even while the env is busy in a long step: a host
-    that dies (even by SIGKILL) takes this sandbox and every process the env started with it.
-    """
-    poller = select.poll()
-    poller.register(fd, 0)  # no events asked: poll reports only hang-up and errors
-    while True:
-        try:
-            if poller.poll():
-                break
-        except InterruptedError:
-            continue
-    with contextlib.suppress(OSError):
-        os.killpg(0, signal.SIGKILL)  # us too: the host's stop() does the same on a close
-
-
-def _set_limits(memory: int | None, cpu_seconds: int | None) -> None:
-    import resource
-
-    if memory is not None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    if cpu_seconds is not None:
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
-
-
-def _parse(args: list[str]) -> Any:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m rlmesh._worker")
-    streams = parser.add_mutually_exclusive_group(required=True)
-    streams.add_argument("--fds", nargs=2, type=int, metavar=("READ_FD", "WRITE_FD"))
-    streams.add_argument("--stdio", action="store_true")
-    parser.add_argument("--max-memory", type=int, default=None, help="bytes (RLIMIT_AS)")
-    parser.add_argument("--max-cpu-seconds", type=int, default=None, help="RLIMIT_CPU")
-    return parser.parse_args(args)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the sandbox process."""
-    options = _parse(sys.argv[1:] if argv is None else argv)
-    if options.stdio:
-        rfd, wfd = os.dup(0), os.dup(1)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
-        os.dup2(2, 1)
-    else:
-        rfd, wfd = options.fds
-    _set_limits(options.max_memory, options.max_cpu_seconds)
-    threading.Thread(target=_watch_host, args=(rfd,), name="rlmesh-host-watch", daemon=True).start()
-    os.set_inheritable(rfd, False)
-    os.set_inheritable(wfd, False)
-    # A child the env forks must not hold our protocol pipes open: the host detects our death
-    # by end-of-file, which a lingering copy of the write end would delay forever.
-    os.register_at_fork(after_in_child=lambda: _close_quietly(rfd, wfd))
-    # The host drives us; a Ctrl-C at the terminal is the host's to handle.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(line_buffering=True)
-    worker = Worker(_fd_reader(rfd), _fd_writer(wfd))
-    with contextlib.suppress(BrokenPipeError):  # the host went away mid-reply
-        worker.serve()
-    if not worker.closed_by_host:  # the host is gone: take what the env started with us
-        with contextlib.suppress(OSError):
-            os.killpg(0, signal.SIGKILL)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

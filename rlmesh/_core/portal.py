@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from .._config import DEFAULT_TIMEOUTS
+
 __all__ = ["portal_call"]
 
 T = TypeVar("T")
@@ -44,7 +46,7 @@ def _get_portal() -> BlockingPortal:
                 target=_serve, args=(ready, box), name="rlmesh-portal", daemon=True
             )
             thread.start()
-            if not ready.wait(30):
+            if not ready.wait(DEFAULT_TIMEOUTS.portal_start):
                 raise RuntimeError("rlmesh could not start its event-loop thread")
             _portal = box[0]
         return _portal

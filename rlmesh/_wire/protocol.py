@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from ._codec import Encoder, UnsafeValueError, array_at, unpack
-from ._errors import ProtocolError, RemoteEnvError
+from .._errors import ProtocolError, RemoteEnvError
+from .codec import Encoder, UnsafeValueError, array_at, unpack
 
 __all__ = [
     "MAX_FRAME",
@@ -261,7 +261,7 @@ def decode_message(payload: bytes) -> list[Any]:
         raise ProtocolError(f"malformed message from the sandbox: {exc!r}") from None
     if type(message) is not list or not message or type(message[0]) is not int:
         raise ProtocolError(f"malformed message from the sandbox: {message!r:.200}")
-    return message  # type: ignore[no-any-return]
+    return message
 
 
 class RequestEncoder:

@@ -1,4 +1,4 @@
-"""The venv backend: build (or reuse) a sandbox virtualenv with uv, content-addressed.
+"""The venv backend: a sandbox virtualenv built with uv (content-addressed) and a child in it.
 
 A sandbox venv lives at ``<cache>/venvs/<key>`` (layout and locks: ``_cache``). The key hashes
 everything that changes what gets installed: the interpreter (real path and version), uv's
@@ -25,7 +25,6 @@ the network is retried offline once.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -35,7 +34,6 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -43,19 +41,21 @@ import anyio
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from . import _cache
-from ._errors import SandboxBuildError
-from ._protocol import PROTOCOL_VERSION
-from ._spec import SandboxSpec
+from .._config import Options, Resolved
+from .._errors import SandboxBuildError
+from .._wire.protocol import PROTOCOL_VERSION
+from . import payload
+from . import venv_cache as _cache
+from .payload import dist_version, sandbox_requirements
+from .process import ChildProcess, bwrap_command, spawn_worker
 
-__all__ = ["Venv", "ensure_venv", "sandbox_requirements", "venv_key"]
+__all__ = ["Venv", "VenvBackend", "ensure_venv", "key_inputs", "venv_key"]
 
 log = logging.getLogger("rlmesh.build")
 
 OFFLINE_ENV = "RLMESH_OFFLINE"
 LAYOUT = 2  # bump when the venv layout changes in a way old venvs cannot serve
 HEARTBEAT = 2.0  # seconds between "still building" messages
-_PACKAGE_DIR = Path(__file__).resolve().parent
 _NETWORK_HINTS = (
     "failed to fetch",
     "error sending request",
@@ -83,33 +83,6 @@ class Venv:
 
 def offline() -> bool:
     return os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes", "on")
-
-
-@functools.cache
-def _dist_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def sandbox_requirements(spec: SandboxSpec) -> list[str]:
-    """The requirements installed into the sandbox: the user's, plus what the worker needs.
-
-    Where ``packages`` names no gymnasium, the sandbox gets exactly the host's version, so a
-    sandboxed run matches an in-process one. cloudpickle follows the host's version because
-    the host pickles what the child unpickles.
-    """
-    named = spec.requirement_names()
-    reqs = list(spec.packages)
-    for name, default in (
-        ("gymnasium", f"gymnasium=={_dist_version('gymnasium')}"),
-        ("cloudpickle", f"cloudpickle=={_dist_version('cloudpickle')}"),
-        ("msgpack", "msgpack>=1.0"),
-    ):
-        if canonicalize_name(name) not in named:
-            reqs.append(default)
-    return reqs
 
 
 def _normalise(item: str) -> str:
@@ -143,27 +116,10 @@ def _hash_tree(root: Path) -> str:
     return digest.hexdigest()
 
 
-def _package_files() -> list[Path]:
-    return sorted(
-        p
-        for p in _PACKAGE_DIR.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".typed")
-    )
-
-
-@functools.lru_cache(maxsize=1)
-def _own_hash() -> str:
-    digest = hashlib.sha256()
-    for path in _package_files():
-        digest.update(str(path.relative_to(_PACKAGE_DIR)).encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
 def local_dist_dir() -> Path:
     """Where ``rlmesh_package="local"`` looks for wheels: the ``dist/`` of the checkout that
     holds the imported rlmesh (an editable install), else that of the current directory."""
-    checkout = _PACKAGE_DIR.parent
+    checkout = payload.PACKAGE_DIR.parent
     return (checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()) / "dist"
 
 
@@ -179,11 +135,11 @@ def local_wheel() -> Path:
     return max(wheels, key=lambda wheel: wheel.stat().st_mtime)
 
 
-def _rlmesh_item(spec: SandboxSpec) -> dict[str, str]:
+def _rlmesh_item(options: Options) -> dict[str, str]:
     """How rlmesh goes into the sandbox, with what identifies it for the cache key."""
-    choice = spec.rlmesh_package
+    choice = options.rlmesh_package
     if choice is None:
-        return {"mode": "copy", "hash": _own_hash()}
+        return {"mode": "copy", "hash": payload.own_child_hash()}
     if choice == "local":
         choice = str(local_wheel())
     path = Path(choice)
@@ -192,9 +148,9 @@ def _rlmesh_item(spec: SandboxSpec) -> dict[str, str]:
     return {"mode": "install", "target": choice}
 
 
-def key_inputs(spec: SandboxSpec) -> dict[str, Any]:
+def key_inputs(options: Options, resolved: Resolved) -> dict[str, Any]:
     """Everything the cache key covers, as plain data (also stored in the venv's marker)."""
-    reqs = sorted(_normalise(item) for item in sandbox_requirements(spec))
+    reqs = sorted(_normalise(item) for item in sandbox_requirements(options, resolved))
     local = {}
     for item in reqs:
         path = Path(item)
@@ -207,10 +163,10 @@ def key_inputs(spec: SandboxSpec) -> dict[str, Any]:
         "protocol": PROTOCOL_VERSION,
         "python": os.path.realpath(getattr(sys, "_base_executable", sys.executable)),
         "python_version": sys.version,
-        "uv": _dist_version("uv"),
+        "uv": dist_version("uv"),
         "requirements": reqs,
         "local": local,
-        "rlmesh": _rlmesh_item(spec),
+        "rlmesh": _rlmesh_item(options),
     }
 
 
@@ -264,22 +220,22 @@ async def _run(cmd: list[str], progress: _Progress, step: str) -> tuple[int, str
     return result.returncode, "\n".join(text.strip().splitlines()[-30:])
 
 
-def _failed(spec: SandboxSpec, step: str, code: int, tail: str, hint: str) -> SandboxBuildError:
+def _failed(label: str, step: str, code: int, tail: str, hint: str) -> SandboxBuildError:
     return SandboxBuildError(
-        f"building the sandbox for {spec.label!r} failed while {step} (exit status {code}); {hint}",
-        source=spec.label,
+        f"building the sandbox for {label!r} failed while {step} (exit status {code}); {hint}",
+        source=label,
         output_tail=tail,
     )
 
 
-async def _install(spec: SandboxSpec, progress: _Progress, args: list[str], step: str) -> None:
+async def _install(progress: _Progress, args: list[str], step: str) -> None:
     """``uv pip install``, offline if asked, or offline again if the network failed."""
     base = [uv_binary(), "pip", "install", "--quiet", "--link-mode=copy", *args]
     if offline():
         code, tail = await _run([*base, "--offline"], progress, step)
         if code:
             raise _failed(
-                spec, step, code, tail,
+                progress.label, step, code, tail,
                 f"{OFFLINE_ENV} is set, so only uv's cache was used and it lacks what uv names "
                 "below; run once with network access (or 'rlmesh sandbox prepare' where there "
                 "is one) to fill the cache",
@@ -291,21 +247,21 @@ async def _install(spec: SandboxSpec, progress: _Progress, args: list[str], step
         code, tail = await _run([*base, "--offline"], progress, f"{step} (offline)")
         if code:
             raise _failed(
-                spec, step, code, tail,
+                progress.label, step, code, tail,
                 "the package index could not be reached and uv's cache lacks what uv names "
                 "below; connect to the network once to fill the cache",
             )  # fmt: skip
     elif code:
-        raise _failed(spec, step, code, tail, "check the package names and versions")
+        raise _failed(progress.label, step, code, tail, "check the package names and versions")
 
 
-async def ensure_venv(spec: SandboxSpec) -> Venv:
-    """Return the sandbox venv for ``spec`` (in use until ``in_use_fd`` is closed).
+async def ensure_venv(options: Options, resolved: Resolved, label: str) -> Venv:
+    """Return the sandbox venv for these options (in use until ``in_use_fd`` is closed).
 
     Builds it once if it is not cached; concurrent callers, in this process or others, wait
     for that one build and reuse it.
     """
-    inputs = key_inputs(spec)
+    inputs = key_inputs(options, resolved)
     key = venv_key(inputs)
     final = _cache.venvs_dir() / key
     fd = _cache.open_in_use(final)
@@ -315,7 +271,7 @@ async def ensure_venv(spec: SandboxSpec) -> Venv:
     try:
         fd = _cache.open_in_use(final)
         if fd is None:
-            await _build_and_publish(spec, inputs, key, final)
+            await _build_and_publish(options, resolved, label, inputs, key, final)
             fd = _cache.open_in_use(final)
         if fd is None:
             raise SandboxBuildError(f"the sandbox venv {final} vanished right after its build")
@@ -335,7 +291,7 @@ async def _acquire_build_lock(key: str) -> int:
 
 
 async def _build_and_publish(
-    spec: SandboxSpec, inputs: dict[str, Any], key: str, final: Path
+    options: Options, resolved: Resolved, label: str, inputs: dict[str, Any], key: str, final: Path
 ) -> None:
     root = final.parent
     for stale in root.glob(f".tmp-{key}-*"):  # dead builds of this key: we hold the lock
@@ -343,11 +299,11 @@ async def _build_and_publish(
     if final.exists():  # not complete, yet not ours: a foreign leftover
         shutil.rmtree(final, ignore_errors=True)
     tmp = root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-    progress = _Progress(spec.label)
+    progress = _Progress(label)
     progress.say(f"building sandbox venv (key {key})")
     try:
-        await _build(spec, inputs, tmp, progress)
-        marker = {"key": key, "source": spec.label, "created": time.time(), "inputs": inputs}
+        await _build(sandbox_requirements(options, resolved), inputs, tmp, progress)
+        marker = {"key": key, "source": label, "created": time.time(), "inputs": inputs}
         (tmp / _cache.MARKER).write_text(json.dumps(marker, indent=2))
         os.rename(tmp, final)
     except BaseException:
@@ -357,22 +313,22 @@ async def _build_and_publish(
     progress.say(f"built sandbox venv in {time.monotonic() - progress.started:.1f} s")
 
 
-async def _build(spec: SandboxSpec, inputs: dict[str, Any], tmp: Path, progress: _Progress) -> None:
+async def _build(reqs: list[str], inputs: dict[str, Any], tmp: Path, progress: _Progress) -> None:
     step = "creating the virtualenv"
     cmd = [uv_binary(), "venv", "--quiet", "--relocatable", "--python", inputs["python"], str(tmp)]
     code, tail = await _run(cmd, progress, step)
     if code:
-        raise _failed(spec, step, code, tail, "check that the host interpreter works")
+        raise _failed(progress.label, step, code, tail, "check that the host interpreter works")
     item = inputs["rlmesh"]
     if item["mode"] == "copy":
-        _copy_rlmesh(tmp)
-    reqs = sandbox_requirements(spec)
+        version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        payload.copy_child(tmp / "lib" / version / "site-packages")
     python = str(tmp / "bin" / "python")
     progress.say(f"installing {' '.join(reqs)}")
-    await _install(spec, progress, ["--python", python, *reqs], f"installing {' '.join(reqs)}")
+    await _install(progress, ["--python", python, *reqs], f"installing {' '.join(reqs)}")
     if item["mode"] == "install":
         target = item["target"]
-        await _install(spec, progress, ["--no-deps", "--python", python, target],
+        await _install(progress, ["--no-deps", "--python", python, target],
                        f"installing rlmesh from {target}")  # fmt: skip
     step = "checking the worker imports (and compiling their bytecode)"
     progress.say(step)
@@ -380,14 +336,47 @@ async def _build(spec: SandboxSpec, inputs: dict[str, Any], tmp: Path, progress:
     result = await anyio.run_process([python, "-I", "-c", check], check=False)
     if result.returncode:
         tail = (result.stderr or b"").decode("utf-8", "replace").strip()
-        raise _failed(spec, step, result.returncode, tail[-3000:],
+        raise _failed(progress.label, step, result.returncode, tail[-3000:],
                       "the installed packages do not import together")  # fmt: skip
 
 
-def _copy_rlmesh(venv: Path) -> None:
-    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    target = venv / "lib" / version / "site-packages" / "rlmesh"
-    for path in _package_files():
-        dest = target / path.relative_to(_PACKAGE_DIR)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, dest)
+def _child_env(venv_path: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["VIRTUAL_ENV"] = venv_path
+    env["PATH"] = os.pathsep.join([os.path.join(venv_path, "bin"), env.get("PATH", "")])
+    env.pop("PYTHONHOME", None)
+    return env
+
+
+class VenvBackend:
+    """A uv virtualenv on this host (content-addressed, cached) and a child process in it."""
+
+    name = "venv"
+
+    async def start(self, options: Options, resolved: Resolved, label: str) -> ChildProcess:
+        bwrap = options.isolation == "bwrap"
+        if bwrap:
+            bwrap_command()  # checked before the build: a missing bwrap fails fast
+        worker_args: list[str] = []
+        if options.max_memory is not None:
+            worker_args += ["--max-memory", str(options.max_memory)]
+        if options.max_cpu_seconds is not None:
+            worker_args += ["--max-cpu-seconds", str(options.max_cpu_seconds)]
+        venv = await ensure_venv(options, resolved, label)
+        wrapper: list[str] = []
+        if bwrap:
+            keep = [str(venv.path), os.path.realpath(sys.base_prefix), *resolved.mounts]
+            wrapper = bwrap_command([p for p in keep if p.startswith("/tmp")])
+        try:  # the child inherits the venv's in-use lock, so no prune removes it meanwhile
+            return await anyio.to_thread.run_sync(
+                lambda: spawn_worker(
+                    venv.python,
+                    label=label,
+                    env=_child_env(str(venv.path)),
+                    keep_fds=(venv.in_use_fd,),
+                    worker_args=worker_args,
+                    wrapper=wrapper,
+                )
+            )
+        finally:
+            os.close(venv.in_use_fd)

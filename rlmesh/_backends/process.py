@@ -23,7 +23,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._errors import SandboxCrashedError, SandboxStartupError
+from .._errors import SandboxCrashedError, SandboxStartupError
 
 __all__ = ["ChildProcess", "bwrap_command", "spawn_worker"]
 
@@ -120,8 +120,11 @@ class ChildProcess:
         from_child: int,
         pump: _OutputPump,
         label: str,
+        *,
+        private_pids: bool = False,
     ) -> None:
         self._popen = popen
+        self._private_pids = private_pids  # in its own PID namespace (bwrap)
         self._pump = pump
         self.to_child = to_child
         self.from_child = from_child
@@ -137,6 +140,10 @@ class ChildProcess:
     def output_tail(self) -> str:
         """The last lines the child printed (stdout and stderr, merged)."""
         return self._pump.tail()
+
+    def peer_fd_path(self, fd: int) -> str | None:
+        """``/proc/<pid>/fd/<fd>``, or ``None`` where that pid is not the worker's (bwrap)."""
+        return None if self._private_pids else f"/proc/{self.pid}/fd/{int(fd)}"
 
     def crashed_error(self, what: str, *, wait: float = 1.0) -> SandboxCrashedError:
         """Build the error for a child that stopped answering because it died (or hung up).
@@ -286,4 +293,4 @@ def spawn_worker(
     echo = os.environ.get(ECHO_ENV, "1") != "0"
     pump = _OutputPump(out_read, f"[{label} pid {popen.pid}] ", echo)
     pump.start()
-    return ChildProcess(popen, host_write, host_read, pump, label)
+    return ChildProcess(popen, host_write, host_read, pump, label, private_pids=bool(wrapper))

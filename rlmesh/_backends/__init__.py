@@ -1,0 +1,28 @@
+"""Where a sandbox runs. ``backend_for`` picks the backend from the options.
+
+- ``venv``: a uv virtualenv on this host and a child process in it (optionally under
+  bubblewrap). The default.
+- containers (``base_image=``) and Ray are to come, as further ``Backend``s.
+
+Every backend starts the same worker (``rlmesh._worker``) with the same child-side files
+(``payload``), and hands the core a ``WorkerHandle``.
+"""
+
+from __future__ import annotations
+
+from .._config import Options
+from .base import Backend, WorkerHandle
+
+__all__ = ["Backend", "WorkerHandle", "backend_for"]
+
+
+def backend_for(options: Options) -> Backend:
+    """The backend the options ask for; ``NotImplementedError`` for one not built yet."""
+    if options.base_image is not None:
+        raise NotImplementedError(
+            "the Docker backend (base_image=...) is not available yet; leave base_image unset "
+            "to run the environment in a uv virtualenv"
+        )
+    from .venv import VenvBackend
+
+    return VenvBackend()

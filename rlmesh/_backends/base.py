@@ -1,0 +1,82 @@
+"""The backend seam: where a sandbox runs. A ``Backend`` starts a worker; a ``WorkerHandle``
+is what the core holds of it.
+
+The core (startup, channels, faces) knows a worker only through ``WorkerHandle``: two byte
+streams (``to_child`` / ``from_child`` fds, the same fd for a socket), a label, a pid where
+the host can see one, the tail of the worker's output, and how to end it. How the worker is
+built and started, and how it is killed (a process group, a container), is the backend's.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .._config import Options, Resolved
+from .._errors import SandboxCrashedError
+
+__all__ = ["Backend", "WorkerHandle"]
+
+
+class WorkerHandle(Protocol):
+    """A started worker, as the core uses it."""
+
+    @property
+    def label(self) -> str:
+        """How messages name the sandbox."""
+        ...
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's pid; ``None`` where the host cannot see its process."""
+        ...
+
+    @property
+    def to_child(self) -> int:
+        """The fd the host writes requests to."""
+        ...
+
+    @property
+    def from_child(self) -> int:
+        """The fd the host reads replies from (may equal ``to_child``: a socket)."""
+        ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def output_tail(self) -> str:
+        """The last lines the worker printed."""
+        ...
+
+    def crashed_error(self, what: str, *, wait: float = 1.0) -> SandboxCrashedError:
+        """The error for a worker that hung up during ``what`` (waits for its exit status)."""
+        ...
+
+    def peer_fd_path(self, fd: int) -> str | None:
+        """A host path that opens the worker's fd ``fd`` (shared memory), or ``None``."""
+        ...
+
+    def kill(self) -> None:
+        """End the worker and all it started, at once; never raises."""
+        ...
+
+    def abandon(self) -> None:
+        """``kill`` and release the host's ends (garbage collection, a broken sandbox)."""
+        ...
+
+    def stop(self, grace: float = 3.0) -> int | None:
+        """End-of-file, then terminate, then kill; bounded and idempotent. The exit status."""
+        ...
+
+
+class Backend(Protocol):
+    """Where sandboxes run: builds (or reuses) the environment and starts a worker in it."""
+
+    name: str
+
+    async def start(self, options: Options, resolved: Resolved, label: str) -> WorkerHandle:
+        """Build or reuse the sandbox for ``options`` and ``resolved`` and start its worker.
+
+        Runs under the caller's startup deadline; cancellation must leave no process behind
+        unless it returned the handle (the caller stops what it holds).
+        """
+        ...

@@ -1,0 +1,83 @@
+"""What every public face shares that is not I/O: derived signatures and the async plumbing.
+
+``public_face`` gives a face class its signature and "Args" from the option table and
+reports it as ``rlmesh.numpy`` (so pickles and reprs never name a private module).
+``AsyncFace`` is ``create``/``async with`` for the async faces.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .._config import face_signature, options_doc
+from .lifecycle import Lifecycle, State
+
+__all__ = ["AsyncFace", "public_face"]
+
+PUBLIC_MODULE = "rlmesh.numpy"
+_T = TypeVar("_T", bound=type)
+
+
+def public_face(*, vector: bool) -> Callable[[_T], _T]:
+    """Class decorator: signature and "Args" from the option table; ``rlmesh.numpy``."""
+
+    def decorate(cls: _T) -> _T:
+        signature = face_signature(vector=vector)
+        init: Any = vars(cls)["__init__"]
+        self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
+        init.__signature__ = signature.replace(
+            parameters=[self_param, *signature.parameters.values()]
+        )
+        if "{options}" in (cls.__doc__ or ""):
+            cls.__doc__ = (cls.__doc__ or "").replace(
+                "{options}", options_doc(vector=vector).strip()
+            )
+        cls.__module__ = PUBLIC_MODULE
+        return cls
+
+    return decorate
+
+
+_Face = TypeVar("_Face", bound="AsyncFace")
+
+
+class AsyncFace:
+    """``create`` and ``async with`` for the async faces (they define ``start``/``aclose``)."""
+
+    _life: Lifecycle
+
+    def __init__(self, source: str, **options: Any) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    async def create(cls: type[_Face], source: str, **options: Any) -> _Face:
+        """Build (or reuse) the sandbox and start it; takes the constructor's options."""
+        env = cls(source, **options)
+        await env.start()
+        return env
+
+    async def __aenter__(self: _Face) -> _Face:
+        if self._life.state is State.CREATED:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def state(self) -> State:
+        """``created``, ``ready``, ``closed`` or ``broken``."""
+        return self._life.state
+
+    @property
+    def restarts(self) -> int:
+        """Sandboxes (or workers) that ``auto_restart`` replaced."""
+        return self._life.restarts

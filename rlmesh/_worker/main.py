@@ -1,0 +1,137 @@
+"""The sandbox process's entry point: get the protocol streams, guard them, serve.
+
+Two ways to get the protocol streams:
+
+- ``--fds R W``: dedicated pipe fds passed by the host (the venv backend). The child's own
+  stdout and stderr are separate pipes that env code may flood or print to freely.
+- ``--stdio``: stdin/stdout carry the protocol (for backends that forward only stdio, such as
+  containers). The worker moves them to private fds at once and points fd 1 at stderr, so
+  env code that prints cannot reach the protocol stream.
+
+Also here: the resource limits, the host-death watchdog, and the fork guard that keeps the
+protocol fds out of processes the env starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .._wire.spin import Spinner
+from .serve import Worker
+
+__all__ = ["main"]
+
+
+def _fd_reader(fd: int) -> Callable[[int], bytes]:
+    """Reads with a short adaptive spin first (see ``_spin``), then a blocking wait."""
+    os.set_blocking(fd, False)
+    spin = Spinner(fd).read
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+
+    def read(size: int) -> bytes:
+        data = spin(size)
+        if data is not None:
+            return data
+        while True:
+            poller.poll()
+            try:
+                return os.read(fd, size)
+            except (BlockingIOError, InterruptedError):
+                continue
+
+    return read
+
+
+def _fd_writer(fd: int) -> Callable[[bytes], None]:
+    def write(data: bytes) -> None:
+        sent = os.write(fd, data)
+        if sent != len(data):  # a pipe takes up to its buffer size at once
+            view = memoryview(data)[sent:]
+            while view:
+                view = view[os.write(fd, view) :]
+
+    return write
+
+
+def _close_quietly(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _watch_host(fd: int) -> None:
+    """Wait for the host's end of the request pipe to close, then end our process group.
+
+    Runs in a daemon thread, so it fires even while the env is busy in a long step: a host
+    that dies (even by SIGKILL) takes this sandbox and every process the env started with it.
+    """
+    poller = select.poll()
+    poller.register(fd, 0)  # no events asked: poll reports only hang-up and errors
+    while True:
+        try:
+            if poller.poll():
+                break
+        except InterruptedError:
+            continue
+    with contextlib.suppress(OSError):
+        os.killpg(0, signal.SIGKILL)  # us too: the host's stop() does the same on a close
+
+
+def _set_limits(memory: int | None, cpu_seconds: int | None) -> None:
+    import resource
+
+    if memory is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    if cpu_seconds is not None:
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+
+
+def _parse(args: list[str]) -> Any:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m rlmesh._worker")
+    streams = parser.add_mutually_exclusive_group(required=True)
+    streams.add_argument("--fds", nargs=2, type=int, metavar=("READ_FD", "WRITE_FD"))
+    streams.add_argument("--stdio", action="store_true")
+    parser.add_argument("--max-memory", type=int, default=None, help="bytes (RLIMIT_AS)")
+    parser.add_argument("--max-cpu-seconds", type=int, default=None, help="RLIMIT_CPU")
+    return parser.parse_args(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the sandbox process."""
+    options = _parse(sys.argv[1:] if argv is None else argv)
+    if options.stdio:
+        rfd, wfd = os.dup(0), os.dup(1)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.dup2(2, 1)
+    else:
+        rfd, wfd = options.fds
+    _set_limits(options.max_memory, options.max_cpu_seconds)
+    threading.Thread(target=_watch_host, args=(rfd,), name="rlmesh-host-watch", daemon=True).start()
+    os.set_inheritable(rfd, False)
+    os.set_inheritable(wfd, False)
+    # A child the env forks must not hold our protocol pipes open: the host detects our death
+    # by end-of-file, which a lingering copy of the write end would delay forever.
+    os.register_at_fork(after_in_child=lambda: _close_quietly(rfd, wfd))
+    # The host drives us; a Ctrl-C at the terminal is the host's to handle.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+    worker = Worker(_fd_reader(rfd), _fd_writer(wfd))
+    with contextlib.suppress(BrokenPipeError):  # the host went away mid-reply
+        worker.serve()
+    if not worker.closed_by_host:  # the host is gone: take what the env started with us
+        with contextlib.suppress(OSError):
+            os.killpg(0, signal.SIGKILL)
+    return 0
