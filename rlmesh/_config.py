@@ -59,8 +59,10 @@ class Timeouts:
     stop_grace: float = 3.0  # stop(): from end-of-file to SIGTERM
     term_grace: float = 1.0  # stop(): from SIGTERM to SIGKILL
     kill_wait: float = 5.0  # stop(): for the exit after SIGKILL
-    restart_grace: float = 0.5  # stopping a broken sandbox before auto_restart replaces it
-    crash_wait: float = 1.0  # a crash report: for the exit status (then kill)
+    drain_wait: float = 1.0  # stop(): for the output pump to drain
+    abort_grace: float = 0.5  # stopping a sandbox that timed out or that auto_restart replaces
+    failed_start_grace: float = 1.0  # stopping a sandbox whose startup failed otherwise
+    crash_wait: float = 1.0  # a crash report, or abandon(): for the exit status (then kill)
     output_wait: float = 0.5  # a crash report: for the last output
     portal_start: float = 30.0  # the sync faces' event-loop thread to start
 

@@ -68,7 +68,7 @@ class SandboxEnv(gym.Env[Any, Any]):
     def _restart(self) -> None:
         """Replace a broken sandbox with a fresh one (``auto_restart``)."""
         core = self._core
-        core.started().child.stop(core.timeouts.restart_grace)
+        core.started().child.stop(core.timeouts.abort_grace)
         core.detach()
         self._install(portal_call(start_sandbox, core.spec))
 
@@ -194,7 +194,7 @@ class SandboxEnv(gym.Env[Any, Any]):
                 if self._channel.try_request(goodbye, "close()", close) is None:
                     child.kill()  # another thread waits on a call: end it, then let it finish
                     self._channel.wait_idle(close)
-        child.stop(core.timeouts.stop_grace)
+        child.stop()
         core.detach()
 
     def __repr__(self) -> str:
@@ -235,7 +235,7 @@ class AsyncSandboxEnv(AsyncFace):
         if self._channel is not None:
             self._channel.close()
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(old.child.stop, core.timeouts.restart_grace)
+            await anyio.to_thread.run_sync(old.child.stop, core.timeouts.abort_grace)
         core.detach()
         self._install(await start_sandbox(core.spec))
 
@@ -338,7 +338,7 @@ class AsyncSandboxEnv(AsyncFace):
                     goodbye = core.encode([P.CLOSE])
                     await channel.request(goodbye, "close()", core.timeouts.close)
             channel.close()
-            await anyio.to_thread.run_sync(sandbox.child.stop, core.timeouts.stop_grace)
+            await anyio.to_thread.run_sync(sandbox.child.stop)
             core.detach()
 
     def __repr__(self) -> str:

@@ -138,7 +138,7 @@ class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
         """Replace the stopped workers with fresh ones (``auto_restart``); keep the others."""
         core = self._core
         for index in indices:
-            core.sandboxes[index].child.stop(core.timeouts.restart_grace)
+            core.sandboxes[index].child.stop(core.timeouts.abort_grace)
             vector, label = core.workers[index]
             sandbox = portal_call(start_sandbox, core.spec, vector, label)
             core.replace(self, index, sandbox)
@@ -203,7 +203,7 @@ class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
                 for channel in self._channels:
                     channel.receive("close()", core.timeouts.close)
         for sandbox in core.sandboxes:
-            sandbox.child.stop(core.timeouts.stop_grace)
+            sandbox.child.stop()
         core.detach()
 
     @property
@@ -337,7 +337,7 @@ class AsyncSandboxVectorEnv(AsyncFace):
         for index in indices:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(
-                    core.sandboxes[index].child.stop, core.timeouts.restart_grace
+                    core.sandboxes[index].child.stop, core.timeouts.abort_grace
                 )
             self._channels[index].close()
             vector, label = core.workers[index]
@@ -406,7 +406,7 @@ class AsyncSandboxVectorEnv(AsyncFace):
             for channel in self._channels:
                 channel.close()
             for sandbox in core.sandboxes:
-                await anyio.to_thread.run_sync(sandbox.child.stop, core.timeouts.stop_grace)
+                await anyio.to_thread.run_sync(sandbox.child.stop)
             core.detach()
 
     def __repr__(self) -> str:

@@ -30,3 +30,12 @@ def test_readme_starts_with_the_two_commands() -> None:
     commands = re.findall(r"```(?:bash|sh)\n(.*?)```", text, re.S)
     assert "nox -s example" in commands[0] and "nox -s tests" in commands[1]
     assert "nox -s tests" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_option_of_the_table_is_in_the_guide() -> None:
+    from rlmesh._config import OPTIONS
+
+    guides = (ROOT / "docs" / "sandbox-guide.md").read_text()
+    guides += (ROOT / "docs" / "vector.md").read_text()
+    missing = [o.name for o in OPTIONS if f"`{o.name}`" not in guides]
+    assert not missing, f"options without a line in docs/sandbox-guide.md or vector.md: {missing}"

@@ -47,7 +47,7 @@ class WorkerHandle(Protocol):
         """The last lines the worker printed."""
         ...
 
-    def crashed_error(self, what: str, *, wait: float = 1.0) -> SandboxCrashedError:
+    def crashed_error(self, what: str, *, wait: float | None = None) -> SandboxCrashedError:
         """The error for a worker that hung up during ``what`` (waits for its exit status)."""
         ...
 
@@ -63,8 +63,9 @@ class WorkerHandle(Protocol):
         """``kill`` and release the host's ends (garbage collection, a broken sandbox)."""
         ...
 
-    def stop(self, grace: float = 3.0) -> int | None:
-        """End-of-file, then terminate, then kill; bounded and idempotent. The exit status."""
+    def stop(self, grace: float | None = None) -> int | None:
+        """End-of-file, then terminate, then kill; bounded (by the handle's ``Timeouts``;
+        ``grace`` overrides the first wait) and idempotent. The exit status."""
         ...
 
 

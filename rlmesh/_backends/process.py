@@ -23,6 +23,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from .._config import DEFAULT_TIMEOUTS, Timeouts
 from .._errors import SandboxCrashedError, SandboxStartupError
 
 __all__ = ["ChildProcess", "bwrap_command", "spawn_worker"]
@@ -122,7 +123,9 @@ class ChildProcess:
         label: str,
         *,
         private_pids: bool = False,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
     ) -> None:
+        self.timeouts = timeouts
         self._popen = popen
         self._private_pids = private_pids  # in its own PID namespace (bwrap)
         self._pump = pump
@@ -145,18 +148,18 @@ class ChildProcess:
         """``/proc/<pid>/fd/<fd>``, or ``None`` where that pid is not the worker's (bwrap)."""
         return None if self._private_pids else f"/proc/{self.pid}/fd/{int(fd)}"
 
-    def crashed_error(self, what: str, *, wait: float = 1.0) -> SandboxCrashedError:
+    def crashed_error(self, what: str, *, wait: float | None = None) -> SandboxCrashedError:
         """Build the error for a child that stopped answering because it died (or hung up).
 
         Waits up to ``wait`` seconds for the exit status, killing the child if it is still
         running (it closed its pipe, so it is of no further use), and for the last output.
         """
         try:
-            code: int | None = self._popen.wait(wait)
+            code: int | None = self._popen.wait(self.timeouts.crash_wait if wait is None else wait)
         except subprocess.TimeoutExpired:
             self.kill()
             code = None
-        self._pump.join(0.5)
+        self._pump.join(self.timeouts.output_wait)
         return SandboxCrashedError(
             f"the sandbox for {self.label!r} (pid {self.pid}) died during {what}: "
             f"{describe_exit(code)}",
@@ -182,33 +185,34 @@ class ChildProcess:
         with self._lock:
             self._close_fds()
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self._popen.wait(1.0)  # SIGKILL is quick; reaping now spares a zombie
+            self._popen.wait(self.timeouts.crash_wait)  # SIGKILL is quick: reap, spare a zombie
 
-    def stop(self, grace: float = 3.0) -> int | None:
+    def stop(self, grace: float | None = None) -> int | None:
         """Stop the child: EOF first, then SIGTERM, then SIGKILL. Idempotent and bounded.
 
         Returns the exit status. Processes the env started in the child's process group are
         killed too.
         """
+        timeouts = self.timeouts
         with self._lock:
             self._close_fds()
             code: int | None
             try:
-                code = self._popen.wait(grace)
+                code = self._popen.wait(timeouts.stop_grace if grace is None else grace)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(OSError):
                     os.killpg(self.pid, signal.SIGTERM)
                 try:
-                    code = self._popen.wait(1.0)
+                    code = self._popen.wait(timeouts.term_grace)
                 except subprocess.TimeoutExpired:
                     self.kill()
                     try:
-                        code = self._popen.wait(5.0)
+                        code = self._popen.wait(timeouts.kill_wait)
                     except subprocess.TimeoutExpired:
                         code = None
             with contextlib.suppress(OSError):  # leftovers the env started
                 os.killpg(self.pid, signal.SIGKILL)
-            self._pump.join(1.0)
+            self._pump.join(timeouts.drain_wait)
             return code
 
     def _close_fds(self) -> None:
@@ -250,6 +254,7 @@ def spawn_worker(
     keep_fds: Sequence[int] = (),
     worker_args: Sequence[str] = (),
     wrapper: Sequence[str] = (),
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
 ) -> ChildProcess:
     """Start ``python -I -m rlmesh._worker`` with dedicated protocol pipes.
 
@@ -293,4 +298,6 @@ def spawn_worker(
     echo = os.environ.get(ECHO_ENV, "1") != "0"
     pump = _OutputPump(out_read, f"[{label} pid {popen.pid}] ", echo)
     pump.start()
-    return ChildProcess(popen, host_write, host_read, pump, label, private_pids=bool(wrapper))
+    return ChildProcess(
+        popen, host_write, host_read, pump, label, private_pids=bool(wrapper), timeouts=timeouts
+    )

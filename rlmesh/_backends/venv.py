@@ -376,6 +376,7 @@ class VenvBackend:
                     keep_fds=(venv.in_use_fd,),
                     worker_args=worker_args,
                     wrapper=wrapper,
+                    timeouts=options.timeouts,
                 )
             )
         finally:

@@ -96,7 +96,7 @@ async def start_sandbox(
     except TimeoutError:
         if child is not None:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(child.stop, 0.5)
+                await anyio.to_thread.run_sync(child.stop, options.timeouts.abort_grace)
         raise SandboxTimeoutError(
             f"the sandbox for {name!r} was not ready within startup_timeout="
             f"{options.startup_timeout:g} s (this includes building its virtualenv)"
@@ -104,7 +104,7 @@ async def start_sandbox(
     except BaseException:
         if child is not None:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(child.stop, 1.0)
+                await anyio.to_thread.run_sync(child.stop, options.timeouts.failed_start_grace)
         raise
 
 
@@ -178,7 +178,9 @@ async def start_vector_sandboxes(
         with anyio.CancelScope(shield=True):
             for sandbox in started:
                 if sandbox is not None:
-                    await anyio.to_thread.run_sync(sandbox.child.stop, 1.0)
+                    await anyio.to_thread.run_sync(
+                        sandbox.child.stop, spec.options.timeouts.failed_start_grace
+                    )
         inner = getattr(exc, "exceptions", None)  # a task group's exception group
         if inner:
             first = next((e for e in inner if isinstance(e, SandboxError)), inner[0])
