@@ -51,3 +51,4 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/step_latency.py", *session.posargs)
     session.run("python", "benchmarks/warm_start.py")
     session.run("python", "benchmarks/vector_throughput.py")
+    session.run("python", "benchmarks/host_instructions.py")

@@ -31,7 +31,13 @@ def run_benchmark(name: str, *args: str) -> str:
 
 
 def test_every_benchmark_is_run_here() -> None:
-    tested = {"step_latency.py", "warm_start.py", "vector_throughput.py", "compare_revisions.py"}
+    tested = {
+        "step_latency.py",
+        "warm_start.py",
+        "vector_throughput.py",
+        "compare_revisions.py",
+        "host_instructions.py",
+    }
     assert {path.name for path in BENCHMARKS.glob("*.py")} == tested
 
 
@@ -71,3 +77,11 @@ def test_compare_revisions_prints_the_sync_face_ratio_before_and_after() -> None
     assert re.fullmatch(r"\d+\.\d\dx", cells[1]) and re.fullmatch(r"\d+\.\d\dx", cells[2]), row
     assert re.fullmatch(r"[-+]\d+\.\d%", cells[3]), row
     assert "before: HEAD" in out and "CPUs" in out, out
+
+
+def test_host_instructions_counts_a_step_of_the_sync_face() -> None:
+    """valgrind counts; the test checks the table's shape, not the count."""
+    out = run_benchmark("host_instructions.py", "--steps", "3", "--face", "SandboxEnv")
+    [row] = [line for line in out.splitlines() if line.startswith("| SandboxEnv |")]
+    count = float(row.split("|")[2].replace(",", ""))
+    assert count > 1000  # a step costs the host thousands of instructions, not none
