@@ -59,8 +59,9 @@ def _prepare(args: argparse.Namespace) -> int:
         env.reset(seed=0)
         venv = Path(env.sandbox_versions["executable"]).parent.parent
         versions = env.sandbox_versions
+        resolved = env.sandbox.resolved_source
     print(
-        f"ready: {args.source} in {venv} (python {versions['python']}, gymnasium "
+        f"ready: {resolved} in {venv} (python {versions['python']}, gymnasium "
         f"{versions['gymnasium']}, numpy {versions['numpy']}; {time.monotonic() - started:.1f} s)"
     )
     return 0
@@ -159,7 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     prepare = sandbox_commands.add_parser(
         "prepare", help="build a sandbox ahead of time and check that its env starts"
     )
-    prepare.add_argument("source", help="a Gymnasium id such as CartPole-v1")
+    prepare.add_argument(
+        "source", help="a Gymnasium id such as CartPole-v1, or hf://org/repo@<sha>[:suite/task]"
+    )
     _config.add_cli_arguments(prepare, startup_timeout=PREPARE_TIMEOUT)
     prepare.set_defaults(func=_prepare)
 

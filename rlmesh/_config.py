@@ -443,8 +443,11 @@ class Resolved:
         request: The ``MAKE`` request's ``source``: what the worker makes (``{"kind": ...}``).
         requirements: Installed beside ``packages`` (part of the sandbox's cache key).
         mounts: Host paths the sandbox must see, read-only (a downloaded repository).
+        label: The source as it was resolved (an EnvHub branch becomes its commit); empty:
+            as requested.
     """
 
     request: Mapping[str, Any]
     requirements: tuple[str, ...] = ()
     mounts: tuple[str, ...] = ()
+    label: str = ""

@@ -22,7 +22,7 @@ from ._core.lifecycle import State
 from ._core.portal import portal_call
 from ._core.single import EnvCore
 from ._core.spec import spec_from_arguments
-from ._core.startup import bad_action, reply_values, start_sandbox
+from ._core.startup import SandboxInfo, bad_action, reply_values, start_sandbox
 from ._errors import SandboxError
 from ._wire import protocol as P
 from ._wire.spaces import OpaqueSpace
@@ -120,6 +120,11 @@ class SandboxEnv(gym.Env[Any, Any]):
     def pid(self) -> int | None:
         """The sandbox process id."""
         return self._core.started().child.pid
+
+    @property
+    def sandbox(self) -> SandboxInfo:
+        """What this sandbox is: requested and resolved source, backend, venv key, packages."""
+        return self._core.started().info
 
     @property
     def sandbox_versions(self) -> dict[str, Any]:
@@ -271,6 +276,11 @@ class AsyncSandboxEnv(AsyncFace):
         """The sandbox process id, once started."""
         sandbox = self._core.sandbox
         return None if sandbox is None else sandbox.child.pid
+
+    @property
+    def sandbox(self) -> SandboxInfo:
+        """What this sandbox is: requested and resolved source, backend, venv key, packages."""
+        return self._core.started().info
 
     @property
     def sandbox_versions(self) -> dict[str, Any]:

@@ -22,7 +22,13 @@ from ._core.face import AsyncFace, public_face
 from ._core.lifecycle import State
 from ._core.portal import portal_call
 from ._core.spec import spec_from_arguments
-from ._core.startup import host_env_spec, reply_values, start_sandbox, start_vector_sandboxes
+from ._core.startup import (
+    SandboxInfo,
+    host_env_spec,
+    reply_values,
+    start_sandbox,
+    start_vector_sandboxes,
+)
 from ._core.vector import VectorCore
 from ._errors import SandboxError
 from ._wire import protocol as P
@@ -84,6 +90,12 @@ class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
     def restarts(self) -> int:
         """Workers that ``auto_restart`` replaced."""
         return self._core.life.restarts
+
+    @property
+    def sandbox(self) -> SandboxInfo:
+        """What the workers' sandbox is (they share one environment): requested and resolved
+        source, backend, venv key, packages."""
+        return self._core.started().sandboxes[0].info
 
     @property
     def pids(self) -> list[int | None]:
@@ -288,6 +300,12 @@ class AsyncSandboxVectorEnv(AsyncFace):
     def spec(self) -> Any:
         self._core.started()
         return self._env_spec
+
+    @property
+    def sandbox(self) -> SandboxInfo:
+        """What the workers' sandbox is (they share one environment): requested and resolved
+        source, backend, venv key, packages."""
+        return self._core.started().sandboxes[0].info
 
     @property
     def pids(self) -> list[int | None]:

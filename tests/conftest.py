@@ -2,6 +2,10 @@
 
 Set ``RLMESH_TEST_CACHE`` to a directory to keep that cache between runs (local iteration);
 by default each session gets a fresh temporary one, removed at the end.
+
+The Hugging Face Hub is out of reach here: the session's Hugging Face cache is a directory of
+its own, offline (``HF_HUB_OFFLINE=1``), holding the EnvHub fixture repositories of
+``hf_repos.py``. Both are set before anything imports huggingface_hub, which reads them once.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import hf_repos
 import pytest
 
 _created: list[str] = []
+_hf_commits: dict[str, str] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -26,6 +32,14 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.pop(
         "RLMESH_SANDBOX_RLMESH_PACKAGE", None
     )  # tests choose the rlmesh package explicitly
+    hf = Path(tempfile.mkdtemp(prefix="rlmesh-test-hf-"))
+    _created.append(str(hf))
+    os.environ["HF_HOME"] = str(hf / "home")
+    os.environ["HF_HUB_CACHE"] = str(hf / "hub")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.pop("HF_TOKEN", None)
+    global _hf_commits
+    _hf_commits = hf_repos.write_all(hf / "hub")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -36,3 +50,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def hf_commits() -> dict[str, str]:
+    """The EnvHub fixture repositories in the session's Hugging Face cache: id -> commit."""
+    return dict(_hf_commits)

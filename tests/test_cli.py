@@ -53,6 +53,17 @@ def test_bad_usage_exits_2() -> None:
     rlmesh("frobnicate", code=2)
 
 
+def test_prepare_an_envhub_source(cache: Path, hf_commits: dict[str, str]) -> None:
+    source = "hf://lerobot/cartpole-env:cartpole_suite/0"
+    assert "trust_remote_code=True" in rlmesh("sandbox", "prepare", source, code=2)
+    assert "allow_unpinned_hf=True" in rlmesh(
+        "sandbox", "prepare", source, "--trust-remote-code", code=2
+    )
+    out = rlmesh("sandbox", "prepare", source, "--trust-remote-code", "--allow-unpinned-hf")
+    commit = hf_commits["lerobot/cartpole-env"]
+    assert out.startswith(f"ready: hf://lerobot/cartpole-env@{commit}:cartpole_suite/0 in ")
+
+
 def test_cache_path(cache: Path) -> None:
     assert rlmesh("cache", "path").strip() == str(cache)
 

@@ -28,7 +28,13 @@ def test_gym_sandbox_example() -> None:
 
 
 def test_every_example_is_tested() -> None:
-    tested = {"gym_sandbox.py", "async_rollout.py", "vector_sandbox.py", "check_sandboxed_env.py"}
+    tested = {
+        "gym_sandbox.py",
+        "async_rollout.py",
+        "vector_sandbox.py",
+        "check_sandboxed_env.py",
+        "envhub_sandbox.py",
+    }
     assert {p.name for p in EXAMPLES.glob("*.py")} <= tested
 
 
@@ -45,3 +51,11 @@ def test_vector_sandbox_example() -> None:
 def test_check_sandboxed_env_example() -> None:
     out = run("check_sandboxed_env.py")
     assert "CartPole-v1: compared with in-process=True, 3 episodes" in out
+
+
+def test_envhub_example(hf_commits: dict[str, str]) -> None:
+    """The seed's EnvHub example, against the session's offline Hugging Face cache."""
+    out = run("envhub_sandbox.py")
+    commit = hf_commits["lerobot/cartpole-env"]
+    assert f"resolved to hf://lerobot/cartpole-env@{commit}:cartpole_suite/0" in out
+    assert "step -> reward=1.0, terminated=False, obs shape (4,)" in out

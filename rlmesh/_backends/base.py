@@ -9,7 +9,8 @@ built and started, and how it is killed (a process group, a container), is the b
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from .._config import Options, Resolved
 from .._errors import SandboxCrashedError
@@ -42,6 +43,12 @@ class WorkerHandle(Protocol):
 
     @property
     def returncode(self) -> int | None: ...
+
+    @property
+    def details(self) -> Mapping[str, Any]:
+        """What the backend tells of this sandbox: ``backend``, ``venv_key``, ``packages``
+        (installed name -> version)."""
+        ...
 
     def output_tail(self) -> str:
         """The last lines the worker printed."""

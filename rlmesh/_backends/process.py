@@ -22,6 +22,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .._config import DEFAULT_TIMEOUTS, Timeouts
 from .._errors import SandboxCrashedError, SandboxStartupError
@@ -126,6 +127,7 @@ class ChildProcess:
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
     ) -> None:
         self.timeouts = timeouts
+        self.details: dict[str, Any] = {}  # filled in by the backend that started it
         self._popen = popen
         self._private_pids = private_pids  # in its own PID namespace (bwrap)
         self._pump = pump

@@ -43,6 +43,7 @@ from packaging.utils import canonicalize_name
 
 from .._config import Options, Resolved
 from .._errors import SandboxBuildError
+from .._version import __version__
 from .._wire.protocol import PROTOCOL_VERSION
 from . import payload
 from . import venv_cache as _cache
@@ -340,6 +341,18 @@ async def _build(reqs: list[str], inputs: dict[str, Any], tmp: Path, progress: _
                       "the installed packages do not import together")  # fmt: skip
 
 
+def installed_versions(venv: Path) -> dict[str, str]:
+    """name -> version of every distribution installed in ``venv`` (its dist-info folders),
+    plus the rlmesh copied into it."""
+    versions: dict[str, str] = {}
+    for info in sorted(venv.glob("lib/python*/site-packages/*.dist-info")):
+        name, _, version = info.name.removesuffix(".dist-info").rpartition("-")
+        versions[canonicalize_name(name)] = version
+    if "rlmesh" not in versions and any(venv.glob("lib/python*/site-packages/rlmesh")):
+        versions["rlmesh"] = f"{__version__} (copied from the host)"
+    return versions
+
+
 def _child_env(venv_path: str) -> dict[str, str]:
     env = dict(os.environ)
     env["VIRTUAL_ENV"] = venv_path
@@ -365,10 +378,12 @@ class VenvBackend:
         venv = await ensure_venv(options, resolved, label)
         wrapper: list[str] = []
         if bwrap:
-            keep = [str(venv.path), os.path.realpath(sys.base_prefix), *resolved.mounts]
-            wrapper = bwrap_command([p for p in keep if p.startswith("/tmp")])
+            keep = [str(venv.path), os.path.realpath(sys.base_prefix)]
+            wrapper = bwrap_command([*[p for p in keep if p.startswith("/tmp")], *resolved.mounts])
+        details = {"backend": self.name, "venv_key": venv.key,
+                   "packages": installed_versions(venv.path)}  # fmt: skip
         try:  # the child inherits the venv's in-use lock, so no prune removes it meanwhile
-            return await anyio.to_thread.run_sync(
+            child = await anyio.to_thread.run_sync(
                 lambda: spawn_worker(
                     venv.python,
                     label=label,
@@ -381,3 +396,5 @@ class VenvBackend:
             )
         finally:
             os.close(venv.in_use_fd)
+        child.details.update(details)
+        return child

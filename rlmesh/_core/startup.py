@@ -9,6 +9,7 @@ about the env. Also here: the small reply and action helpers every face uses.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ from .spec import SandboxSpec
 
 __all__ = [
     "Sandbox",
+    "SandboxInfo",
     "action_checker",
     "bad_action",
     "host_env_spec",
@@ -41,6 +43,25 @@ __all__ = [
     "start_sandbox",
     "start_vector_sandboxes",
 ]
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """What a started sandbox is (``env.sandbox`` on every face).
+
+    Attributes:
+        source: The source as requested.
+        resolved_source: The source as resolved: an EnvHub branch or tag becomes its commit.
+        backend: Where it runs (``"venv"``).
+        venv_key: The cache key of its environment, where it has one.
+        packages: What is installed in it, name -> version.
+    """
+
+    source: str
+    resolved_source: str
+    backend: str
+    venv_key: str | None
+    packages: Mapping[str, str]
 
 
 @dataclass
@@ -56,6 +77,7 @@ class Sandbox:
     metadata: dict[str, Any]
     render_mode: str | None
     env_spec: dict[str, Any] | None
+    info: SandboxInfo
     num_envs: int | None = None  # for vector envs: sub-envs in this sandbox
 
 
@@ -90,9 +112,20 @@ async def start_sandbox(
     child: WorkerHandle | None = None
     try:
         with anyio.fail_after(options.startup_timeout):
-            resolved = spec.source.resolve(options)
+            # Host I/O (an EnvHub download): off the loop, and abandoned at the deadline.
+            resolved = await anyio.to_thread.run_sync(
+                spec.source.resolve, options, abandon_on_cancel=True
+            )
             child = await backend.start(options, resolved, name)
-            return await _handshake(spec, child, resolved.request, vector, name)
+            details = child.details
+            info = SandboxInfo(
+                source=spec.label,
+                resolved_source=resolved.label or spec.label,
+                backend=str(details.get("backend", backend.name)),
+                venv_key=details.get("venv_key"),
+                packages=dict(details.get("packages") or {}),
+            )
+            return await _handshake(spec, child, resolved.request, vector, name, info)
     except TimeoutError:
         if child is not None:
             with anyio.CancelScope(shield=True):
@@ -114,6 +147,7 @@ async def _handshake(
     source: Any,
     vector: dict[str, Any] | None,
     name: str,
+    info: SandboxInfo,
 ) -> Sandbox:
     reader = P.FrameReader()
     channel = AsyncChannel(child, reader)
@@ -135,18 +169,19 @@ async def _handshake(
         reply = await channel.request(encoder.encode(_make_request(spec, source, vector)), "make")
         if reply[0] != P.OK or len(reply) != 2 or not isinstance(reply[1], dict):
             P.raise_for_reply(reply, 2)
-        info = reply[1]
+        made = reply[1]
         return Sandbox(
             spec=spec,
             child=child,
             reader=reader,
             versions=hello,
-            observation_space=space_from_data(info["observation_space"]),
-            action_space=space_from_data(info["action_space"]),
-            metadata=dict(info.get("metadata") or {}),
-            render_mode=info.get("render_mode"),
-            env_spec=info.get("spec"),
-            num_envs=info.get("num_envs"),
+            observation_space=space_from_data(made["observation_space"]),
+            action_space=space_from_data(made["action_space"]),
+            metadata=dict(made.get("metadata") or {}),
+            render_mode=made.get("render_mode"),
+            env_spec=made.get("spec"),
+            info=info,
+            num_envs=made.get("num_envs"),
         )
     except RemoteEnvError as exc:
         raise failed(f"{exc.remote_type}: {exc.remote_message}\n{exc.remote_traceback}") from None

@@ -9,7 +9,10 @@ env's description: its spaces as plain data, metadata, render mode and spec.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import inspect
+import os
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._wire.spaces import space_to_data
@@ -56,8 +59,109 @@ def _make_gym(source: dict[str, Any], kwargs: dict[str, Any], vector: Any) -> An
     )
 
 
+def _load_entry(root: str, entry: str) -> Any:
+    """Import the repository's entry file as a module, with the snapshot root on sys.path
+    (so its sibling modules import)."""
+    import importlib.util
+
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    path = os.path.join(root, entry)
+    spec = importlib.util.spec_from_file_location("rlmesh_envhub_entry", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import the entry file {entry!r} of the repository")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _call_factory(make: Any, n_envs: int, use_async: bool, kwargs: dict[str, Any]) -> Any:
+    """``make_env(n_envs=..., use_async_envs=...)``, each by keyword where the signature names
+    it (a ``**kwargs`` catch-all gets neither: it often forwards to ``gymnasium.make``)."""
+    params: Mapping[str, inspect.Parameter]
+    try:
+        params = inspect.signature(make).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: pass nothing extra
+        params = {}
+    call = dict(kwargs)
+    for name, value in (("n_envs", n_envs), ("use_async_envs", use_async)):
+        if name in params and params[name].kind is not inspect.Parameter.VAR_KEYWORD:
+            call[name] = value
+    return make(**call)
+
+
+def _pick(options: dict[Any, Any], wanted: str | None, what: str, source: str) -> Any:
+    """One entry of a suite or task mapping: ``wanted`` (``"0"`` also selects ``0``), or the
+    only one."""
+    names = ", ".join(repr(k) for k in options)
+    if wanted is None:
+        if len(options) == 1:
+            return next(iter(options.values()))
+        raise ValueError(
+            f"make_env() of {source} returned several {what}s ({names}); select one: "
+            f"'{source}:<suite>[/<task>]'"
+        )
+    for key, value in options.items():
+        if key == wanted or str(key) == wanted:
+            return value
+    raise ValueError(f"make_env() of {source} has no {what} {wanted!r}; it has {names}")
+
+
+def _make_hf(source: dict[str, Any], kwargs: dict[str, Any], vector: Any) -> Any:
+    """An EnvHub repository: the entry file's ``make_env``, then the selected suite and task."""
+    import gymnasium
+
+    name = f"hf://{source['repo']}@{source['revision']}"
+    module = _load_entry(source["root"], source["entry"])
+    make = getattr(module, "make_env", None)
+    if not callable(make):
+        defined = ", ".join(n for n in dir(module) if not n.startswith("_"))[:300]
+        raise TypeError(
+            f"the entry file {source['entry']!r} of {name} defines no make_env() function "
+            f"(it defines: {defined or 'nothing'}); an EnvHub repository's entry file must "
+            "define make_env(n_envs=1, use_async_envs=False)"
+        )
+    n_envs = 1 if vector is None else int(vector["num_envs"])
+    use_async = vector is not None and vector.get("vectorization_mode") == "async"
+    result = _call_factory(make, n_envs, use_async, kwargs)
+    if isinstance(result, dict):
+        result = _pick(result, source.get("suite"), "suite", name)
+        if isinstance(result, dict):
+            result = _pick(result, source.get("task"), "task", name)
+    elif source.get("suite") is not None:
+        raise ValueError(
+            f"make_env() of {name} returned one environment, not suites: drop the selector "
+            f"':{source['suite']}'"
+        )
+    if isinstance(result, gymnasium.vector.VectorEnv):
+        if vector is not None:
+            return result
+        envs = getattr(result, "envs", None)  # a SyncVectorEnv of one: its env (LeRobot's way)
+        if result.num_envs == 1 and isinstance(envs, (list, tuple)) and len(envs) == 1:
+            return envs[0]
+        raise TypeError(
+            f"make_env() of {name} returned a vector env of {result.num_envs} sub-envs "
+            f"({type(result).__name__}); use SandboxVectorEnv for it"
+        )
+    if isinstance(result, gymnasium.Env):
+        if vector is None:
+            return result
+        raise TypeError(
+            f"make_env() of {name} returned a single env ({type(result).__name__}), not a "
+            f"vector env of {vector['num_envs']}; use SandboxEnv for it"
+        )
+    raise TypeError(
+        f"make_env() of {name} returned {type(result).__name__}; it must return a "
+        "gymnasium.Env, a gymnasium.vector.VectorEnv, {suite: env} or {suite: {task: env}}"
+    )
+
+
 # source kind -> maker(source request, make kwargs, vector request or None) -> env
-MAKERS: dict[str, Callable[[dict[str, Any], dict[str, Any], Any], Any]] = {"gym": _make_gym}
+MAKERS: dict[str, Callable[[dict[str, Any], dict[str, Any], Any], Any]] = {
+    "gym": _make_gym,
+    "hf": _make_hf,
+}
 
 
 def describe(env: Any, vector: bool) -> dict[str, Any]:
