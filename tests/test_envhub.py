@@ -8,6 +8,7 @@ session's cache (see ``conftest.py``).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -226,3 +227,16 @@ def test_a_failed_download_names_the_repo() -> None:
                          env=env, timeout=120)  # fmt: skip
     assert "rlmesh-test/unreachable" in out.stdout, out.stderr[-2000:]
     assert "cannot be downloaded now" in out.stdout or "downloading" in out.stdout
+
+
+@pytest.mark.sandbox
+@pytest.mark.skipif(
+    shutil.which("bwrap") is None and os.environ.get("CI") != "true",
+    reason="bubblewrap is not installed here (CI installs it, so there this test runs)",
+)
+def test_an_envhub_source_runs_under_bwrap_with_its_snapshot_mounted(hf_commits: dict[str, str]) -> None:
+    commit = hf_commits["rlmesh-test/with-requirements"]
+    with SandboxEnv(f"hf://rlmesh-test/with-requirements@{commit}", isolation="bwrap",
+                    **TRUST) as env:  # fmt: skip
+        assert env.spec.max_episode_steps == 7  # the entry file and its sibling were readable
+        env.reset(seed=0)
