@@ -161,6 +161,29 @@ def _optional_seconds(name: str, value: Any) -> float | None:
     return None if value is None else _seconds(name, value)
 
 
+_PYTHON_VERSION = re.compile(r"^3\.\d{1,2}$")
+
+
+def _python(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise TypeError(
+            f"python must be a version such as '3.12' or an interpreter path, not {value!r}"
+        )
+    text = value.strip()
+    if _PYTHON_VERSION.match(text):
+        return text
+    path = Path(text).expanduser()
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise ValueError(
+            f"python={text!r} is neither a version such as '3.12' nor an executable "
+            "interpreter file; pass a version, or the path of a Python (e.g. "
+            "/usr/bin/python3.12 or ~/.pyenv/versions/3.12.1/bin/python)"
+        )
+    return str(path.resolve())
+
+
 def _isolation(name: str, value: Any) -> str | None:
     if value not in ISOLATIONS:
         raise ValueError(
@@ -251,6 +274,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("imports", (), _imports, "Sequence[str]",
            "Modules imported in the sandbox before the env is made (to register it).",
            cli="list"),
+    Option("python", None, _python, "str | None",
+           "The sandbox's interpreter: a version (``\"3.12\"``: uv's discovery, then pyenv's "
+           "installs) or the path of one. Default: the host's interpreter.", cli="str"),
     Option("render_mode", None, _optional_str, "str | None",
            "Passed to ``gymnasium.make``."),
     Option("base_image", None, _base_image, "str | None",

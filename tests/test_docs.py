@@ -39,3 +39,17 @@ def test_every_option_of_the_table_is_in_the_guide() -> None:
     guides += (ROOT / "docs" / "vector.md").read_text()
     missing = [o.name for o in OPTIONS if f"`{o.name}`" not in guides]
     assert not missing, f"options without a line in docs/sandbox-guide.md or vector.md: {missing}"
+
+
+def test_the_guides_signature_is_the_faces() -> None:
+    import inspect
+
+    from rlmesh.numpy import SandboxEnv
+
+    text = (ROOT / "docs" / "sandbox-guide.md").read_text()
+    block = re.search(r"```text\n(SandboxEnv\(.*?)```", text, re.S)
+    assert block is not None
+    written = re.sub(r"\s+", "", block.group(1))
+    bare = re.sub(r": '[^']*'", "", "SandboxEnv" + str(inspect.signature(SandboxEnv)))
+    actual = re.sub(r"\s+", "", bare)
+    assert written == actual

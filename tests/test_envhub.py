@@ -234,7 +234,9 @@ def test_a_failed_download_names_the_repo() -> None:
     shutil.which("bwrap") is None and os.environ.get("CI") != "true",
     reason="bubblewrap is not installed here (CI installs it, so there this test runs)",
 )
-def test_an_envhub_source_runs_under_bwrap_with_its_snapshot_mounted(hf_commits: dict[str, str]) -> None:
+def test_an_envhub_source_runs_under_bwrap_with_its_snapshot_mounted(
+    hf_commits: dict[str, str],
+) -> None:
     commit = hf_commits["rlmesh-test/with-requirements"]
     with SandboxEnv(f"hf://rlmesh-test/with-requirements@{commit}", isolation="bwrap",
                     **TRUST) as env:  # fmt: skip

@@ -49,6 +49,7 @@ from . import payload
 from . import venv_cache as _cache
 from .payload import dist_version, sandbox_requirements
 from .process import ChildProcess, bwrap_command, spawn_worker
+from .python import find_interpreter
 
 __all__ = ["Venv", "VenvBackend", "ensure_venv", "key_inputs", "venv_key"]
 
@@ -151,6 +152,7 @@ def _rlmesh_item(options: Options) -> dict[str, str]:
 
 def key_inputs(options: Options, resolved: Resolved) -> dict[str, Any]:
     """Everything the cache key covers, as plain data (also stored in the venv's marker)."""
+    python = find_interpreter(options.python)
     reqs = sorted(_normalise(item) for item in sandbox_requirements(options, resolved))
     local = {}
     for item in reqs:
@@ -162,8 +164,8 @@ def key_inputs(options: Options, resolved: Resolved) -> dict[str, Any]:
     return {
         "layout": LAYOUT,
         "protocol": PROTOCOL_VERSION,
-        "python": os.path.realpath(getattr(sys, "_base_executable", sys.executable)),
-        "python_version": sys.version,
+        "python": python.path,
+        "python_version": python.version,
         "uv": dist_version("uv"),
         "requirements": reqs,
         "local": local,
@@ -322,8 +324,8 @@ async def _build(reqs: list[str], inputs: dict[str, Any], tmp: Path, progress: _
         raise _failed(progress.label, step, code, tail, "check that the host interpreter works")
     item = inputs["rlmesh"]
     if item["mode"] == "copy":
-        version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-        payload.copy_child(tmp / "lib" / version / "site-packages")
+        minor = ".".join(inputs["python_version"].split()[0].split(".")[:2])
+        payload.copy_child(tmp / "lib" / f"python{minor}" / "site-packages")
     python = str(tmp / "bin" / "python")
     progress.say(f"installing {' '.join(reqs)}")
     await _install(progress, ["--python", python, *reqs], f"installing {' '.join(reqs)}")
@@ -378,7 +380,7 @@ class VenvBackend:
         venv = await ensure_venv(options, resolved, label)
         wrapper: list[str] = []
         if bwrap:
-            keep = [str(venv.path), os.path.realpath(sys.base_prefix)]
+            keep = [str(venv.path), find_interpreter(options.python).prefix]
             wrapper = bwrap_command([*[p for p in keep if p.startswith("/tmp")], *resolved.mounts])
         details = {"backend": self.name, "venv_key": venv.key,
                    "packages": installed_versions(venv.path)}  # fmt: skip
