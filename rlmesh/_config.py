@@ -184,6 +184,20 @@ def _python(name: str, value: Any) -> str | None:
     return str(path.resolve())
 
 
+def _wrappers(name: str, value: Any) -> tuple[Any, ...]:
+    if value is None:
+        return ()
+    if callable(value) or not isinstance(value, (list, tuple)):
+        raise TypeError(
+            f"wrappers must be a list of callables (env -> wrapped env), such as "
+            f"[gymnasium.wrappers.TimeAwareObservation]; got {value!r}"
+        )
+    for item in value:
+        if not callable(item):
+            raise TypeError(f"every entry of wrappers must be callable (env -> env), not {item!r}")
+    return tuple(value)
+
+
 def _isolation(name: str, value: Any) -> str | None:
     if value not in ISOLATIONS:
         raise ValueError(
@@ -279,6 +293,10 @@ OPTIONS: tuple[Option, ...] = (
            "installs) or the path of one. Default: the host's interpreter.", cli="str"),
     Option("render_mode", None, _optional_str, "str | None",
            "Passed to ``gymnasium.make``."),
+    Option("wrappers", (), _wrappers, "Sequence[Callable[[Any], Any]]",
+           "Callables applied in the sandbox, in order, to the env once it is made (a "
+           "wrapper class, or ``functools.partial`` of one), so a preprocessed observation "
+           "crosses instead of the raw one. They travel with cloudpickle, host to sandbox."),
     Option("base_image", None, _base_image, "str | None",
            "Docker image for the container backend (not available yet).", cli="str"),
     Option("rlmesh_package", None, _rlmesh_package, "str | None",

@@ -183,6 +183,22 @@ class SandboxEnv(gym.Env[Any, Any]):
         """Render in the sandbox (``rgb_array``: HxWx3 uint8 array; ``ansi``: str)."""
         return self._call([P.RENDER], "render()", 2)[1]
 
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the env's method ``name`` in the sandbox (its value if it is no method).
+
+        Found as Gymnasium's ``get_wrapper_attr`` finds it: on the outermost wrapper that has
+        it. The arguments travel as requests do; the result comes back safely encoded.
+        """
+        return self._call([P.CALL, name, list(args), dict(kwargs)], f"call({name!r})", 2)[1]
+
+    def get_attr(self, name: str) -> Any:
+        """The env's attribute ``name`` in the sandbox (``get_wrapper_attr``)."""
+        return self._call([P.GET_ATTR, name], f"get_attr({name!r})", 2)[1]
+
+    def set_attr(self, name: str, value: Any) -> None:
+        """Set the env's attribute ``name`` in the sandbox (``set_wrapper_attr``)."""
+        self._call([P.SET_ATTR, name, value], f"set_attr({name!r})", 1)
+
     def close(self) -> None:
         """Close the env and stop the sandbox. Idempotent; safe after a failure."""
         core: EnvCore | None = getattr(self, "_core", None)
@@ -201,6 +217,11 @@ class SandboxEnv(gym.Env[Any, Any]):
                     self._channel.wait_idle(close)
         child.stop()
         core.detach()
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        """Pickling and ``deepcopy`` make an equivalent sandbox from the same options in the
+        unpickling process (the env's state is not copied); see the guide."""
+        return self._core.spec.rebuild(type(self), vector=False), ()
 
     def __repr__(self) -> str:
         core = self._core
@@ -330,6 +351,19 @@ class AsyncSandboxEnv(AsyncFace):
         """Render the env (an ``HxWx3`` uint8 array for ``rgb_array``, a str for ``ansi``)."""
         return (await self._call([P.RENDER], "render()", 2))[1]
 
+    async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the env's method ``name`` in the sandbox; see ``SandboxEnv.call``."""
+        message = [P.CALL, name, list(args), dict(kwargs)]
+        return (await self._call(message, f"call({name!r})", 2))[1]
+
+    async def get_attr(self, name: str) -> Any:
+        """The env's attribute ``name`` in the sandbox (``get_wrapper_attr``)."""
+        return (await self._call([P.GET_ATTR, name], f"get_attr({name!r})", 2))[1]
+
+    async def set_attr(self, name: str, value: Any) -> None:
+        """Set the env's attribute ``name`` in the sandbox (``set_wrapper_attr``)."""
+        await self._call([P.SET_ATTR, name, value], f"set_attr({name!r})", 1)
+
     async def aclose(self) -> None:
         """Close the env and stop the sandbox. Idempotent; safe after a failure."""
         core = self._core
@@ -350,6 +384,11 @@ class AsyncSandboxEnv(AsyncFace):
             channel.close()
             await anyio.to_thread.run_sync(sandbox.child.stop)
             core.detach()
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        """Pickling and ``deepcopy`` make an equivalent sandbox from the same options in the
+        unpickling process (the env's state is not copied); see the guide."""
+        return self._core.spec.rebuild(type(self), vector=False), ()
 
     def __repr__(self) -> str:
         pid = f" pid={self.pid}" if self.pid else ""

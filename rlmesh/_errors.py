@@ -132,6 +132,29 @@ _MISSING_HINT = (
     "msgpack: add what is missing there; rendering a classic-control env, for one, needs "
     "'gymnasium[classic-control]')"
 )
+_UNREGISTERED_TYPES = frozenset(
+    {"gymnasium.error.NamespaceNotFound", "gymnasium.error.NameNotFound"}
+)
+_UNREGISTERED_HINT = (
+    "\n(ids are registered when their package is imported: add the module that registers it "
+    "to `imports` (imports=['ale_py'], say), and its package to `packages`)"
+)
+_GL_WORDS = ("gladloadgl", "glfw", "opengl", "egl", "osmesa", "mujoco_gl")
+_GL_HINT = (
+    "\n(rendering found no OpenGL context: without a display, choose MuJoCo's headless "
+    "backend for the sandbox, env={'MUJOCO_GL': 'egl'} (or 'osmesa'), and install what it needs)"
+)
+
+
+def remote_hint(remote_type: str, remote_message: str) -> str:
+    """What to do about an exception the sandbox raised, where rlmesh can tell ('' if not)."""
+    if remote_type in _MISSING_TYPES:
+        return _MISSING_HINT
+    if remote_type in _UNREGISTERED_TYPES:
+        return _UNREGISTERED_HINT
+    if any(word in remote_message.lower() for word in _GL_WORDS):
+        return _GL_HINT
+    return ""
 
 
 class RemoteEnvError(SandboxError):
@@ -147,7 +170,7 @@ class RemoteEnvError(SandboxError):
 
     def __init__(self, remote_type: str, remote_message: str, remote_traceback: str) -> None:
         text = f"{remote_type}: {remote_message}" if remote_message else remote_type
-        hint = _MISSING_HINT if remote_type in _MISSING_TYPES else ""
+        hint = remote_hint(remote_type, remote_message)
         super().__init__(
             f"the environment raised {text}{hint}\n\nRemote traceback (in the sandbox):\n"
             f"{remote_traceback.rstrip()}"

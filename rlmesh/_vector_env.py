@@ -235,6 +235,11 @@ class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        """Pickling and ``deepcopy`` make an equivalent sandbox from the same options in the
+        unpickling process (the env's state is not copied); see the guide."""
+        return self._core.spec.rebuild(type(self), vector=True), ()
+
     def __repr__(self) -> str:
         core = self._core
         return (
@@ -426,6 +431,11 @@ class AsyncSandboxVectorEnv(AsyncFace):
             for sandbox in core.sandboxes:
                 await anyio.to_thread.run_sync(sandbox.child.stop)
             core.detach()
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        """Pickling and ``deepcopy`` make an equivalent sandbox from the same options in the
+        unpickling process (the env's state is not copied); see the guide."""
+        return self._core.spec.rebuild(type(self), vector=True), ()
 
     def __repr__(self) -> str:
         core = self._core

@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -223,9 +224,27 @@ async def _run(cmd: list[str], progress: _Progress, step: str) -> tuple[int, str
     return result.returncode, "\n".join(text.strip().splitlines()[-30:])
 
 
+_CAUSE = re.compile(r"(?:^|\s)(?:error|cause|caused by):\s*(.+)", re.IGNORECASE)
+
+
+def build_cause(tail: str) -> str:
+    """The line of uv's (or a build backend's) output that says what went wrong: the last
+    ``error:`` or ``cause:`` (a compiler's error, a missing ``swig``, an unknown package)."""
+    tree = " \u2502\u2570\u2500\u25b6\u00d7"  # uv's tree-drawing characters
+    lines = [line.strip(tree) for line in tail.splitlines() if line.strip()]
+    causes = [m.group(1).strip() for line in lines if (m := _CAUSE.search(line))]
+    return causes[-1] if causes else ""
+
+
 def _failed(label: str, step: str, code: int, tail: str, hint: str) -> SandboxBuildError:
+    cause = build_cause(tail)
+    if "build backend" in tail.lower() or "failed to build" in tail.lower():
+        hint += (" (a package is built on the host: a compiler or tool it needs, such as swig, "
+                 "must be installed there)")  # fmt: skip
     return SandboxBuildError(
-        f"building the sandbox for {label!r} failed while {step} (exit status {code}); {hint}",
+        f"building the sandbox for {label!r} failed while {step} (exit status {code})"
+        + (f": {cause}" if cause else "")
+        + f"; {hint}",
         source=label,
         output_tail=tail,
     )

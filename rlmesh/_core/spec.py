@@ -5,6 +5,7 @@ Built once per face, before any process starts; everything the startup needs. Pu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,16 @@ class SandboxSpec:
     def factory_kwargs(self) -> dict[str, Any]:
         """Keyword arguments that make an equivalent single sandbox env (``EnvSpec.kwargs``)."""
         return {"source": self.label, **self.options.as_kwargs(), **self.make_kwargs}
+
+    def rebuild(self, face: type, *, vector: bool) -> Any:
+        """What unpickling calls to make an equivalent face: ``face(**every option)``.
+
+        A ``functools.partial`` of the public class, so a pickle names only ``functools`` and
+        ``rlmesh.numpy``.
+        """
+        kwargs = {**self.options.as_kwargs(vector=vector), **self.make_kwargs}
+        kwargs["render_mode"] = self.options.render_mode
+        return functools.partial(face, self.label, **kwargs)
 
 
 def make_spec(

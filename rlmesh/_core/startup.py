@@ -26,6 +26,7 @@ from .._errors import (
     SandboxError,
     SandboxStartupError,
     SandboxTimeoutError,
+    remote_hint,
 )
 from .._version import __version__
 from .._wire import protocol as P
@@ -89,6 +90,7 @@ def _make_request(spec: SandboxSpec, source: Any, vector: dict[str, Any] | None)
             "imports": list(spec.options.imports),
             "render_mode": spec.options.render_mode,
             "kwargs": dict(spec.make_kwargs),
+            "wrappers": list(spec.options.wrappers),
             "vector": vector,
         },
     ]
@@ -132,7 +134,9 @@ async def start_sandbox(
                 await anyio.to_thread.run_sync(child.stop, options.timeouts.abort_grace)
         raise SandboxTimeoutError(
             f"the sandbox for {name!r} was not ready within startup_timeout="
-            f"{options.startup_timeout:g} s (this includes building its virtualenv)"
+            f"{options.startup_timeout:g} s (this includes building its virtualenv, which a "
+            "first start does); raise startup_timeout, or build it ahead with "
+            f"'rlmesh sandbox prepare {spec.label}' and the same packages"
         ) from None
     except BaseException:
         if child is not None:
@@ -184,7 +188,10 @@ async def _handshake(
             num_envs=made.get("num_envs"),
         )
     except RemoteEnvError as exc:
-        raise failed(f"{exc.remote_type}: {exc.remote_message}\n{exc.remote_traceback}") from None
+        hint = remote_hint(exc.remote_type, exc.remote_message).strip()
+        raise failed(
+            f"{exc.remote_type}: {exc.remote_message}\n{hint}\n{exc.remote_traceback}"
+        ) from None
     except SandboxCrashedError as exc:
         raise failed(f"the worker exited ({exc.exit_code}) before it was ready") from None
     except (ProtocolError, KeyError, TypeError, ValueError) as exc:

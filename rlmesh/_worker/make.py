@@ -204,4 +204,6 @@ def make_env(request: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         )
     vector = request.get("vector")
     env = maker(source, kwargs, vector)
+    for wrapper in request.get("wrappers") or ():
+        env = wrapper(env)
     return env, describe(env, vector is not None)

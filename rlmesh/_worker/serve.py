@@ -64,6 +64,7 @@ class Worker:
             P.SHM_SETUP: self._shm_setup,
         }
         self._shm: Any = None  # a numpy view of the shared observation buffer, once set up
+        self._vector = False  # a vector env: CALL/GET_ATTR/SET_ATTR answer per sub-env
         self._closing = False
 
     def _send(self, message: list[Any]) -> None:
@@ -172,6 +173,7 @@ class Worker:
         ]
 
     def _make(self, request: dict[str, Any]) -> list[Any]:
+        self._vector = request.get("vector") is not None
         self.env, description = make_env(request)
         return [P.OK, description]
 
@@ -230,13 +232,23 @@ class Worker:
         return [P.OK, bool(self._space(which).contains(value))]
 
     def _call(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> list[Any]:
-        return [P.OK, self.env.call(name, *args, **kwargs)]
+        if self._vector:
+            return [P.OK, self.env.call(name, *args, **kwargs)]
+        attribute = _wrapper_attr(self.env, name)
+        return [P.OK, attribute(*args, **kwargs) if callable(attribute) else attribute]
 
     def _get_attr(self, name: str) -> list[Any]:
-        return [P.OK, self.env.get_attr(name)]
+        if self._vector:
+            return [P.OK, self.env.get_attr(name)]
+        return [P.OK, _wrapper_attr(self.env, name)]
 
     def _set_attr(self, name: str, values: Any) -> list[Any]:
-        self.env.set_attr(name, values)
+        if self._vector:
+            self.env.set_attr(name, values)
+        elif hasattr(self.env, "set_wrapper_attr"):  # gymnasium >= 1.0
+            self.env.set_wrapper_attr(name, values)
+        else:
+            setattr(self.env.unwrapped, name, values)
         return [P.OK]
 
     def _close(self) -> list[Any]:
@@ -248,6 +260,14 @@ class Worker:
         env, self.env = self.env, None
         if env is not None:
             env.close()
+
+
+def _wrapper_attr(env: Any, name: str) -> Any:
+    """An attribute of the env or the first of its wrappers that has it (``get_wrapper_attr``
+    where gymnasium has it)."""
+    if hasattr(env, "get_wrapper_attr"):
+        return env.get_wrapper_attr(name)
+    return getattr(env.unwrapped, name)
 
 
 OUT_OF_MEMORY_EXIT = 137  # what the kernel's OOM killer leaves (128 + SIGKILL)
