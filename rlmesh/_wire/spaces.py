@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from .codec import MAX_DEPTH
+
 __all__ = ["OpaqueSpace", "space_from_data", "space_to_data"]
 
 
@@ -169,8 +171,18 @@ class OpaqueSpace(spaces.Space[Any]):
         return hash((self.name, self.description))
 
 
-def space_from_data(data: dict[str, Any]) -> Any:
-    """Rebuild a space described by ``space_to_data`` (runs on the host)."""
+def space_from_data(data: dict[str, Any], depth: int = 0) -> Any:
+    """Rebuild a space described by ``space_to_data`` (runs on the host).
+
+    ``ValueError`` for spaces nested more than ``MAX_DEPTH`` levels deep: the description
+    comes from the sandbox, and rebuilding recurses.
+    """
+    if depth > MAX_DEPTH:
+        raise ValueError(
+            f"the sandbox describes a space nested more than {MAX_DEPTH} levels deep "
+            "(Dict, Tuple, Sequence, Graph or OneOf inside each other)"
+        )
+    depth += 1
     kind = data["type"]
     if kind == "Box":
         low, high = data["low"], data["high"]
@@ -190,19 +202,20 @@ def space_from_data(data: dict[str, Any]) -> Any:
         )
     if kind == "Dict":
         # An OrderedDict keeps the sandbox's key order (a plain dict would be sorted).
-        items = ((key, space_from_data(sub)) for key, sub in data["spaces"])
+        items = ((key, space_from_data(sub, depth)) for key, sub in data["spaces"])
         return spaces.Dict(OrderedDict(items))
     if kind == "Tuple":
-        return spaces.Tuple(tuple(space_from_data(sub) for sub in data["spaces"]))
+        return spaces.Tuple(tuple(space_from_data(sub, depth) for sub in data["spaces"]))
     if kind == "Sequence":
-        return spaces.Sequence(space_from_data(data["space"]), stack=data["stack"])
+        return spaces.Sequence(space_from_data(data["space"], depth), stack=data["stack"])
     if kind == "Graph":
         edge = data["edge"]
         return spaces.Graph(
-            space_from_data(data["node"]), None if edge is None else space_from_data(edge)
+            space_from_data(data["node"], depth),
+            None if edge is None else space_from_data(edge, depth),
         )
     if kind == "OneOf" and _named("OneOf") is not None:
-        return spaces.OneOf(tuple(space_from_data(sub) for sub in data["spaces"]))
+        return spaces.OneOf(tuple(space_from_data(sub, depth) for sub in data["spaces"]))
     shape = data.get("shape")
     dtype = data.get("dtype")
     return OpaqueSpace(

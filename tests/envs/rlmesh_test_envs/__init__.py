@@ -76,6 +76,20 @@ def _probe(options: dict) -> dict:
     return result
 
 
+def _deep_reply(depth: int) -> bytes:
+    """A whole step-reply frame whose observation is a tuple nested ``depth`` deep, built
+    by hand (ext type 3 is rlmesh's tuple): what a hostile env could forge."""
+    import struct
+
+    import msgpack
+
+    data = msgpack.packb([])
+    for _ in range(depth):
+        data = msgpack.packb([msgpack.ExtType(3, data)])
+    payload = msgpack.packb([101, msgpack.ExtType(3, data), 0.0, False, False, {}])
+    return struct.pack("<I", len(payload)) + payload
+
+
 class FaultyEnv(gym.Env):
     """Steps fine, or misbehaves according to ``mode``:
 
@@ -94,6 +108,8 @@ class FaultyEnv(gym.Env):
     evil        step() returns an info value whose unpickling would run code
     probe       reset() reports what the sandbox lets it do (files, network, pid)
     spin        step() burns CPU for ``factor`` seconds (default 600)
+    deep        step() returns an info holding a tuple nested ``factor`` deep (default 300)
+    deepframe   step() writes a reply nested 200 tuples deep (938 bytes) into every pipe
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -160,6 +176,16 @@ class FaultyEnv(gym.Env):
             hog[::4096] = b"x" * len(hog[::4096])
         if self.mode == "evil":
             return np.zeros(2, np.float32), 0.0, False, False, {"evil": Evil()}
+        if self.mode == "deep":
+            deep: Any = ()
+            for _ in range(int(self.factor or 300)):
+                deep = (deep,)
+            return np.zeros(2, np.float32), 0.0, False, False, {"deep": deep, "t": self.t}
+        if self.mode == "deepframe":
+            frame = _deep_reply(200)
+            for fd in _pipes():
+                with contextlib.suppress(OSError):
+                    os.write(fd, frame)
         if self.mode == "print":
             print("hello from print", self.t)
             sys.stderr.write(f"hello from stderr {self.t}\n")

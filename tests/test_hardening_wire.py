@@ -1,0 +1,236 @@
+"""Hardening of what crosses the boundary: nesting depth, shared memory, large replies,
+spaces and vector envs against Gymnasium's own behaviour (issue 11, items 1, 2, 19-27).
+
+The pure tests (codec, framing, batching, spaces) run without processes; the others drive
+real sandboxes, marked ``sandbox`` (and ``faults`` for hostile envs). docs/reliability.md
+("Hardening: wire, spaces and vector envs") points at these tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import gymnasium as gym
+import msgpack
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import data_equivalence
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sandbox_options import ENVS_PACKAGE, TEST_ENVS
+
+from rlmesh import ProtocolError
+from rlmesh._wire import protocol as P
+from rlmesh._wire.codec import (
+    FROZENSET,
+    MAX_DEPTH,
+    TUPLE,
+    Encoder,
+    NestingError,
+    RemoteObject,
+    decode,
+)
+from rlmesh._wire.spaces import space_from_data
+from rlmesh.numpy import SandboxEnv, State
+
+FAULTY = "rlmesh_test/Faulty-v0"
+sandbox = pytest.mark.sandbox
+faults = pytest.mark.faults
+
+
+def same(a: Any, b: Any) -> bool:
+    return bool(data_equivalence(a, b, exact=True))
+
+
+@pytest.fixture(scope="module")
+def host_envs() -> Iterator[Any]:
+    """The test envs registered in this process too, for Gymnasium's reference envs; gone
+    again afterwards (other tests check envs that only a sandbox can make)."""
+    known, added = set(gym.registry), ENVS_PACKAGE not in sys.path
+    imported = "rlmesh_test_envs" in sys.modules
+    if added:
+        sys.path.insert(0, ENVS_PACKAGE)
+    try:
+        import rlmesh_test_envs
+
+        yield rlmesh_test_envs
+    finally:
+        if added:
+            sys.path.remove(ENVS_PACKAGE)
+        if not imported:
+            del sys.modules["rlmesh_test_envs"]
+            for env_id in set(gym.registry) - known:
+                del gym.registry[env_id]
+
+
+def run_host(script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` as a host of its own, so that a host crash is an exit status here."""
+    code = f"TEST_ENVS = {json.dumps(TEST_ENVS)}\n" + textwrap.dedent(script)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
+    )
+
+
+# -- 1. nesting depth ------------------------------------------------------------------------
+
+
+def forged_reply(codes: list[int]) -> bytes:
+    """An OK reply whose value nests the extension types ``codes`` (outermost last), made
+    by hand as a hostile sandbox could."""
+    data = msgpack.packb([])
+    for code in codes:
+        data = msgpack.packb([msgpack.ExtType(code, data)])
+    return msgpack.packb([P.OK, msgpack.ExtType(TUPLE, data)])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from([TUPLE, FROZENSET]), max_size=400))
+def test_forged_replies_of_any_depth_decode_or_are_a_protocol_error(codes: list[int]) -> None:
+    payload = forged_reply(codes)
+    if len(codes) + 1 <= MAX_DEPTH:
+        assert P.decode_message(payload)[0] == P.OK
+    else:
+        with pytest.raises(ProtocolError, match=f"more than {MAX_DEPTH} levels deep"):
+            P.decode_message(payload)
+
+
+def test_a_forged_reply_thousands_deep_is_a_protocol_error_not_a_crash() -> None:
+    # In a host of its own: before the bound, this decode died of SIGSEGV.
+    result = run_host(
+        """
+        import msgpack
+        from rlmesh import ProtocolError
+        from rlmesh._wire.protocol import decode_message
+
+        data = msgpack.packb([])
+        for _ in range(3000):
+            data = msgpack.packb([msgpack.ExtType(3, data)])
+        try:
+            decode_message(msgpack.packb([101, msgpack.ExtType(3, data)]))
+        except ProtocolError as exc:
+            print("ProtocolError:", exc)
+        """
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ProtocolError" in result.stdout and "levels deep" in result.stdout
+
+
+_KINDS = ["tuple", "list", "dict", "frozenset"]
+
+
+def nest(kinds: list[str]) -> Any:
+    value: Any = 0
+    for kind in kinds:
+        if kind == "tuple":
+            value = (value, 1)
+        elif kind == "list":
+            value = [value]
+        elif kind == "dict":
+            value = {"k": value}
+        else:  # a frozenset holds only hashable values
+            value = frozenset([value]) if hashable(value) else (value,)
+    return value
+
+
+def hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def cut(value: Any, room: int) -> Any:
+    """What the child's encoder makes of ``value``: deeper than ``room`` extension levels,
+    a ``RemoteObject``."""
+    if isinstance(value, (tuple, frozenset)):
+        if room == 0:
+            return RemoteObject(f"builtins.{type(value).__name__}", repr(value)[:1000])
+        return type(value)(cut(item, room - 1) for item in value)
+    if isinstance(value, list):
+        return [cut(item, room) for item in value]
+    if isinstance(value, dict):
+        return {key: cut(item, room) for key, item in value.items()}
+    return value
+
+
+def ext_depth(value: Any) -> int:
+    if isinstance(value, (tuple, frozenset)):
+        return 1 + max(ext_depth(item) for item in value)
+    if isinstance(value, list):
+        return max((ext_depth(item) for item in value), default=0)
+    if isinstance(value, dict):
+        return max((ext_depth(item) for item in value.values()), default=0)
+    return 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(_KINDS), max_size=300))
+def test_encoding_any_depth_is_bounded_on_both_sides(kinds: list[str]) -> None:
+    value = nest(kinds)
+    child = decode(Encoder(opaque=True).encode(value))
+    assert child == cut(value, MAX_DEPTH)
+    if ext_depth(value) <= MAX_DEPTH:
+        assert decode(Encoder().encode(value)) == value
+    else:
+        with pytest.raises(NestingError, match=f"more than {MAX_DEPTH} levels deep"):
+            Encoder().encode(value)
+
+
+def test_deep_object_arrays_and_sets_are_cut_too() -> None:
+    value: Any = 1
+    for level in range(100):
+        if level % 2:
+            array = np.empty(1, dtype=object)
+            array[0] = value
+            value = array
+        else:
+            value = (value,)
+    out = decode(Encoder(opaque=True).encode({"v": value}))["v"]
+    for _ in range(MAX_DEPTH):
+        out = out[0]
+    assert isinstance(out, RemoteObject)
+    with pytest.raises(NestingError):
+        Encoder().encode(value)
+    with pytest.raises(NestingError):  # the request encoder does not fall back to a pickle
+        P.RequestEncoder().encode([P.STEP, value])
+
+
+def test_a_space_description_nested_too_deep_is_a_value_error() -> None:
+    data: dict[str, Any] = {"type": "Discrete", "n": 2, "start": 0}
+    for _ in range(MAX_DEPTH):
+        data = {"type": "Tuple", "spaces": [data]}
+    space_from_data(data)
+    with pytest.raises(ValueError, match="nested more than"):
+        space_from_data({"type": "Tuple", "spaces": [data]})
+
+
+@sandbox
+@faults
+def test_an_info_holding_a_deep_tuple_arrives_cut_and_the_env_goes_on() -> None:
+    with SandboxEnv(FAULTY, mode="deep", factor=300, **TEST_ENVS) as env:
+        env.reset(seed=0)
+        for t in (1, 2):
+            info = env.step(0)[4]
+            assert info["t"] == t
+            deep = info["deep"]
+            for _ in range(MAX_DEPTH):
+                assert type(deep) is tuple and len(deep) == 1
+                deep = deep[0]
+            assert isinstance(deep, RemoteObject) and deep.type_name == "builtins.tuple"
+        assert env.state is State.READY
+
+
+@sandbox
+@faults
+def test_a_forged_deep_reply_from_the_env_is_a_protocol_error() -> None:
+    with SandboxEnv(FAULTY, mode="deepframe", **TEST_ENVS) as env:
+        env.reset()
+        with pytest.raises(ProtocolError, match="levels deep"):
+            env.step(0)
+        assert env.state is State.BROKEN
