@@ -9,10 +9,12 @@ real sandboxes, marked ``sandbox`` (and ``faults`` for hostile envs). docs/relia
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -25,6 +27,7 @@ from hypothesis import strategies as st
 from sandbox_options import ENVS_PACKAGE, TEST_ENVS
 
 from rlmesh import ProtocolError
+from rlmesh._core.vector import map_sealed
 from rlmesh._wire import protocol as P
 from rlmesh._wire.codec import (
     FROZENSET,
@@ -234,3 +237,73 @@ def test_a_forged_deep_reply_from_the_env_is_a_protocol_error() -> None:
         with pytest.raises(ProtocolError, match="levels deep"):
             env.step(0)
         assert env.state is State.BROKEN
+
+
+# -- 2. shared memory that the env shrinks ---------------------------------------------------
+
+
+def memfd(nbytes: int, seals: int | None) -> int:
+    import fcntl
+
+    flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if seals is not None else 0)
+    fd = os.memfd_create("rlmesh-test", flags)
+    os.ftruncate(fd, nbytes)
+    if seals:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+def test_only_a_sealed_memfd_of_the_right_size_is_mapped(tmp_path: Path) -> None:
+    import fcntl
+
+    opened = []
+    try:
+        for seals in (None, 0, fcntl.F_SEAL_GROW, fcntl.F_SEAL_SHRINK):
+            fd = memfd(4096, seals)
+            opened.append(fd)
+            with pytest.raises(OSError, match="not sealed"):
+                map_sealed(f"/proc/self/fd/{fd}", 4096)
+        fd = memfd(8192, P.SHM_SEALS)
+        opened.append(fd)
+        with pytest.raises(OSError, match="holds 8192 bytes, not 4096"):
+            map_sealed(f"/proc/self/fd/{fd}", 4096)
+        mapping = map_sealed(f"/proc/self/fd/{fd}", 8192)
+        view = np.ndarray((8192,), np.uint8, buffer=mapping)
+        assert not view.flags.writeable  # the host only reads the worker's observations
+        del view
+        mapping.close()
+        plain = tmp_path / "plain"
+        plain.write_bytes(b"\0" * 4096)
+        with pytest.raises(OSError, match="not sealed"):
+            map_sealed(str(plain), 4096)
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)
+        with pytest.raises(OSError, match="not sealed"):  # and opening it did not block
+            map_sealed(str(fifo), 4096)
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+@sandbox
+@faults
+def test_an_env_that_shrinks_the_shared_memory_cannot_kill_the_host() -> None:
+    # In a host of its own: before the seals, its next read died of SIGBUS (exit -7).
+    result = run_host(
+        """
+        import numpy as np
+        from rlmesh.numpy import SandboxVectorEnv
+
+        with SandboxVectorEnv("rlmesh_test/Shrinking-v0", num_envs=2, **TEST_ENVS) as env:
+            assert env._core.shm_workers == [0], env._core.shm_workers
+            env.reset(seed=0)
+            for step in range(3):
+                obs, _, _, _, infos = env.step(np.array([1, 2]))
+                assert obs.shape == (2, 210, 160, 3) and obs[0, 0, 0, 0] == 1
+                print("shrink:", infos["shrink"][0])
+        print("host alive")
+        """
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr[-3000:])
+    assert "host alive" in result.stdout
+    assert "shrink: refused: Operation not permitted" in result.stdout, result.stdout

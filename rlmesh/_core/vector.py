@@ -12,6 +12,7 @@ has no name in ``/dev/shm``, so a crash on either side leaks nothing.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import mmap
 import os
 import weakref
@@ -29,9 +30,37 @@ from .lifecycle import Event, Lifecycle, State
 from .spec import SandboxSpec
 from .startup import Sandbox, reply_values
 
-__all__ = ["VectorCore", "worker_requests"]
+__all__ = ["VectorCore", "map_sealed", "worker_requests"]
 
 SHM_MIN = 64 * 1024  # bytes of a worker's observation batch from which shared memory pays
+
+
+_F_GET_SEALS = 1034  # Linux's fcntl command (fcntl.F_GET_SEALS from Python 3.8, Linux only)
+
+
+def map_sealed(path: str, nbytes: int) -> mmap.mmap:
+    """Map ``nbytes`` of the worker's memfd at ``path``, read-only.
+
+    The env shares the worker's process, so it can reach the memfd too. Were the file shrunk
+    under the mapping, the host's next read of it would die of SIGBUS: only a memfd sealed
+    against shrinking and growing (``protocol.SHM_SEALS``) and of the right size is mapped;
+    anything else is ``OSError`` (the caller then falls back to the pipe).
+    """
+    # O_NONBLOCK: what the path names is the env's to choose (a FIFO must not block us).
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        try:
+            seals = fcntl.fcntl(fd, _F_GET_SEALS)
+        except OSError:  # not a memfd (or a kernel without seals)
+            seals = 0
+        if seals & P.SHM_SEALS != P.SHM_SEALS:
+            raise OSError(f"the worker's shared memory is not sealed (seals {seals:#x})")
+        size = os.fstat(fd).st_size
+        if size != nbytes:
+            raise OSError(f"the worker's shared memory holds {size} bytes, not {nbytes}")
+        return mmap.mmap(fd, nbytes, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)  # the mapping outlives the fd
 
 
 def worker_requests(spec: SandboxSpec) -> list[tuple[dict[str, Any], str]]:
@@ -204,11 +233,7 @@ class VectorCore:
         try:
             if path is None:  # the worker's fds are not ours to open (bwrap, a container)
                 raise OSError("no path to the worker's memory")
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                mapping = mmap.mmap(fd, nbytes)
-            finally:
-                os.close(fd)  # the mapping outlives the fd
+            mapping = map_sealed(path, nbytes)
         except (OSError, ValueError, TypeError):
             return self.encoder.encode([P.SHM_SETUP, 0])
         self._shm[index] = (mapping, np.ndarray(shape, dtype=space.dtype, buffer=mapping))

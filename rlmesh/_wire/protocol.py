@@ -66,6 +66,10 @@ MAX_PREAMBLE = 64 * 1024  # bytes tolerated before MAGIC (stdio transports only)
 MAKE, RESET, STEP, RENDER, CLOSE, SPACE_SAMPLE, SPACE_CONTAINS, PICKLED = range(1, 9)
 CALL, GET_ATTR, SET_ATTR = range(9, 12)  # vector envs: env.call / get_attr / set_attr
 SHM_SETUP = 12  # vector envs: [SHM_SETUP, nbytes] -> [OK, memfd number in the child]
+# The seals the child puts on that memfd, and the host requires before it maps it: the size
+# is fixed (a shrunk file would kill the host with SIGBUS), and so are the seals.
+# F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW (Linux's values; fcntl names them from 3.8 on).
+SHM_SEALS = 0x0001 | 0x0002 | 0x0004
 HELLO, OK, ERROR = 100, 101, 102
 OK_SHM = 103  # as OK, but the observations (item 1) are in the shared buffer, item 1 is None
 

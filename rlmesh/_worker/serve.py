@@ -186,6 +186,7 @@ class Worker:
         The host maps the same memory through ``/proc/<our pid>/fd/<fd>``. A memfd has no
         name in any filesystem: nothing can leak when either side dies.
         """
+        import fcntl
         import mmap
 
         import numpy
@@ -197,8 +198,12 @@ class Worker:
         shape, dtype = tuple(space.shape), numpy.dtype(space.dtype)
         if int(numpy.prod(shape)) * dtype.itemsize != nbytes:
             raise ValueError(f"observations take {shape} x {dtype}, not {nbytes} bytes")
-        fd = os.memfd_create("rlmesh-obs", os.MFD_CLOEXEC)
+        fd = os.memfd_create("rlmesh-obs", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(fd, nbytes)
+        # Sealed at its size: the env shares this process and could otherwise shrink the
+        # file under the host's mapping, and the host's next read of it would die of SIGBUS.
+        # The host refuses a memfd without these seals.
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, P.SHM_SEALS)
         self._shm_map = mmap.mmap(fd, nbytes)
         self._shm = numpy.ndarray(shape, dtype=dtype, buffer=self._shm_map)
         self._shm_fd = fd

@@ -228,3 +228,41 @@ class ImageEnv(gym.Env):
 
 
 gym.register("rlmesh_test/Image-v0", entry_point=ImageEnv)
+
+
+def _memfds() -> list[int]:
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{name}").startswith("/memfd:rlmesh-obs"):
+                fds.append(int(name))
+    return fds
+
+
+class ShrinkingEnv(ImageEnv):
+    """A hostile env: its steps shrink the shared-memory file the worker puts observations
+    in, and if that worked, forge a reply that sends the host to read it (which kills a
+    host that maps an unsealed file with SIGBUS)."""
+
+    def step(self, action: Any):
+        obs, reward, terminated, truncated, info = super().step(action)
+        outcomes = []
+        for fd in _memfds():
+            try:
+                os.ftruncate(fd, 0)
+            except OSError as exc:
+                outcomes.append(f"refused: {exc.strerror}")
+                continue
+            outcomes.append("shrunk")
+            from rlmesh._wire.codec import Encoder
+
+            n = 2  # the test's num_envs
+            zeros, no = np.zeros(n), np.zeros(n, bool)
+            payload = Encoder(opaque=True).encode([103, None, zeros, no, no, {}])  # OK_SHM
+            for pipe in _pipes():
+                with contextlib.suppress(OSError):
+                    os.write(pipe, len(payload).to_bytes(4, "little") + payload)
+        return obs, reward, terminated, truncated, {**info, "shrink": ", ".join(outcomes)}
+
+
+gym.register("rlmesh_test/Shrinking-v0", entry_point=ShrinkingEnv)
