@@ -39,7 +39,7 @@ from rlmesh._wire.codec import (
     decode,
 )
 from rlmesh._wire.spaces import space_from_data
-from rlmesh.numpy import SandboxEnv, State
+from rlmesh.numpy import AsyncSandboxVectorEnv, SandboxEnv, SandboxVectorEnv, State
 
 FAULTY = "rlmesh_test/Faulty-v0"
 sandbox = pytest.mark.sandbox
@@ -307,3 +307,33 @@ def test_an_env_that_shrinks_the_shared_memory_cannot_kill_the_host() -> None:
     assert result.returncode == 0, (result.returncode, result.stderr[-3000:])
     assert "host alive" in result.stdout
     assert "shrink: refused: Operation not permitted" in result.stdout, result.stdout
+
+
+# -- 19. an unknown autoreset_mode starts nothing ---------------------------------------------
+
+
+def child_pids() -> set[int]:
+    pids: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        pids.update(int(pid) for pid in (task / "children").read_text().split())
+    return pids
+
+
+def cache_entries() -> set[str]:
+    root = Path(os.environ["RLMESH_CACHE_DIR"])
+    return {str(p.relative_to(root)) for p in root.glob("*/*")}
+
+
+@pytest.mark.anyio
+async def test_an_unknown_autoreset_mode_starts_no_process_and_builds_no_venv() -> None:
+    options = {"num_envs": 2, "autoreset_mode": "sometimes", "packages": ["six==1.16.0"]}
+    children, entries = child_pids(), cache_entries()
+    with pytest.raises(ValueError, match="autoreset_mode must be an AutoresetMode or one of"):
+        SandboxVectorEnv("CartPole-v1", **options)
+    with pytest.raises(ValueError, match="autoreset_mode must be an AutoresetMode"):
+        await AsyncSandboxVectorEnv.create("CartPole-v1", **options)
+    with pytest.raises(ValueError, match="autoreset_mode must be an AutoresetMode"):
+        async with AsyncSandboxVectorEnv("CartPole-v1", **options):
+            pass
+    assert child_pids() - children == set()  # no new process
+    assert cache_entries() - entries == set()  # no new venv, lock or build directory
