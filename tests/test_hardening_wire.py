@@ -8,8 +8,10 @@ real sandboxes, marked ``sandbox`` (and ``faults`` for hostile envs). docs/relia
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -337,3 +339,64 @@ async def test_an_unknown_autoreset_mode_starts_no_process_and_builds_no_venv() 
             pass
     assert child_pids() - children == set()  # no new process
     assert cache_entries() - entries == set()  # no new venv, lock or build directory
+
+
+# -- 20. a large reply costs the host about its size -----------------------------------------
+
+
+def status_kib(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
+    assert match is not None
+    return int(match.group(1))
+
+
+def peak_growth(call: Any) -> tuple[Any, int]:
+    """``call()``'s result and how far it raised this process's resident memory (bytes)."""
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = status_kib("VmRSS")
+    result = call()
+    return result, (status_kib("VmHWM") - before) * 1024
+
+
+@sandbox
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_a_64_mib_reply_costs_the_host_well_under_twice_its_size(dtype: str) -> None:
+    size = 64 << 20
+    with SandboxEnv("rlmesh_test/Big-v0", nbytes=size, dtype=dtype, **TEST_ENVS) as env:
+        (obs, _), grown = peak_growth(lambda: env.reset(seed=0))  # the msgpack OK list
+        assert obs.nbytes == size and obs.dtype == dtype and obs[-1] == 1
+        assert grown < 1.5 * size, f"reset: {grown / size:.2f}x"
+        obs[0] = 7  # the caller's own, writable
+        del obs
+        step, grown = peak_growth(lambda: env.step(0))  # the packed step reply
+        assert step[0].nbytes == size and step[0][-1] == 2
+        assert grown < 1.5 * size, f"step: {grown / size:.2f}x"
+
+
+def test_large_frames_are_assembled_in_place_in_any_pieces() -> None:
+    payloads = [b"small", bytes(range(256)) * (P.BIG_FRAME // 256 + 3), b"", b"tail"]
+    stream = b"".join(P.frame_header(len(p)) + p for p in payloads)
+    for piece in (1 << 16, 4093, len(stream)):
+        reader = P.FrameReader(expect_magic=False)
+        got: list[Any] = []
+        for start in range(0, len(stream), piece):
+            got.extend(reader.feed(stream[start : start + piece]))
+        assert got == payloads and reader.buffered == 0
+        assert type(got[1]) is bytearray  # handed over, not copied again
+
+
+def test_a_large_array_is_decoded_in_place_and_is_the_callers() -> None:
+    obs = np.arange(1 << 18, dtype=np.float32).reshape(512, 512)
+    payload = bytearray(Encoder(opaque=True).encode([P.OK, obs, {"t": (1, 2)}]))
+    message = P.decode_message(payload)
+    assert message[0] == P.OK and message[2] == {"t": (1, 2)}
+    assert same(message[1], obs) and message[1].flags.writeable
+    packer = P.step_packer(encoder := Encoder(opaque=True))
+    encoder.encode(obs)  # the packer needs the array's header once
+    frame = packer(obs, 1.0, False, True, {})
+    step = P.decode_message(bytearray(frame[4:]))
+    assert same(step[1], obs) and step[1:5][1:] == [1.0, False, True]
+    with pytest.raises(ProtocolError):  # a truncated rest is still an error
+        P.decode_message(payload[:-3])

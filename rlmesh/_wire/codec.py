@@ -357,9 +357,18 @@ _last_nd: tuple[bytes, tuple[np.dtype[Any], tuple[int, ...], int, int, bool]] = 
 )
 
 
-def array_at(data: bytes, start: int) -> np.ndarray[Any, Any]:
-    """The array whose ND extension payload fills ``data`` from ``start`` to its end (a
-    writable copy); ``ValueError`` if the payload is malformed."""
+#: Arrays from this size decoded from a ``bytearray`` payload (which the frame reader hands
+#: over for the caller to own) are views of it when aligned: no copy of a large observation.
+VIEW_MIN = 1 << 20
+
+
+def array_at(data: bytes | bytearray, start: int, end: int | None = None) -> np.ndarray[Any, Any]:
+    """The array whose ND extension payload fills ``data`` from ``start`` to ``end`` (its
+    end by default); ``ValueError`` if the payload is malformed.
+
+    The array is the caller's and writable: a copy, or for a large one in a ``bytearray``
+    (a payload the caller owns, from the frame reader) a view of it.
+    """
     global _last_nd
     head, parsed = _last_nd
     if data.startswith(head, start):  # its first two bytes are its length: all of it matched
@@ -370,18 +379,21 @@ def array_at(data: bytes, start: int) -> np.ndarray[Any, Any]:
         size = data[start] | data[start + 1] << 8
         if size < 5:
             raise ValueError("bad array header")
-        head = data[start : start + size]
+        head = bytes(data[start : start + size])
         cached = _nd_cache.get(head)
         parsed = _parse_nd_header(head) if cached is None else cached
         _last_nd = (head, parsed)
     dtype, shape, count, nbytes, flat = parsed
-    if len(data) - start - size != nbytes:
+    if (len(data) if end is None else end) - start - size != nbytes:
         raise ValueError("array payload size does not match its shape")
     if count == 0:
         return np.zeros(shape, dtype)
-    array: np.ndarray[Any, Any] = _frombuffer(data, dtype, count, start + size)
+    offset = start + size
+    array: np.ndarray[Any, Any] = _frombuffer(data, dtype, count, offset)
     if not flat:
         array = array.reshape(shape)
+    if nbytes >= VIEW_MIN and type(data) is bytearray and offset % dtype.alignment == 0:
+        return array
     return array.copy()  # type: ignore[no-any-return]
 
 

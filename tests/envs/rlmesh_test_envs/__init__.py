@@ -266,3 +266,26 @@ class ShrinkingEnv(ImageEnv):
 
 
 gym.register("rlmesh_test/Shrinking-v0", entry_point=ShrinkingEnv)
+
+
+class BigEnv(gym.Env):
+    """Observations of ``nbytes`` bytes of ``dtype``: for the host's memory per reply."""
+
+    def __init__(self, nbytes: int = 1 << 20, dtype: str = "uint8") -> None:
+        self.dtype = np.dtype(dtype)
+        count = nbytes // self.dtype.itemsize
+        self.observation_space = spaces.Box(0, 100, shape=(count,), dtype=self.dtype)
+        self.action_space = spaces.Discrete(2)
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.full(self.observation_space.shape, 1, self.dtype), {}
+
+    def step(self, action: Any):
+        self.t += 1
+        return np.full(self.observation_space.shape, 2, self.dtype), 1.0, False, False, {}
+
+
+gym.register("rlmesh_test/Big-v0", entry_point=BigEnv)
