@@ -23,6 +23,7 @@ import gymnasium as gym
 import msgpack
 import numpy as np
 import pytest
+from gymnasium import spaces
 from gymnasium.utils.env_checker import data_equivalence
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -40,7 +41,7 @@ from rlmesh._wire.codec import (
     RemoteObject,
     decode,
 )
-from rlmesh._wire.spaces import space_from_data
+from rlmesh._wire.spaces import space_from_data, space_to_data
 from rlmesh.numpy import AsyncSandboxVectorEnv, SandboxEnv, SandboxVectorEnv, State
 
 FAULTY = "rlmesh_test/Faulty-v0"
@@ -400,3 +401,38 @@ def test_a_large_array_is_decoded_in_place_and_is_the_callers() -> None:
     assert same(step[1], obs) and step[1:5][1:] == [1.0, False, True]
     with pytest.raises(ProtocolError):  # a truncated rest is still an error
         P.decode_message(payload[:-3])
+
+
+# -- 21. dtypes of Discrete spaces ----------------------------------------------------------
+
+
+def travel(space: Any) -> Any:
+    return space_from_data(decode(Encoder(opaque=True).encode(space_to_data(space))))
+
+
+def test_discrete_spaces_keep_their_dtype() -> None:
+    for space in (spaces.Discrete(3, dtype=np.int32), spaces.Discrete(4, start=2, dtype="u1")):
+        out = travel(space)
+        assert out == space and out.dtype == space.dtype
+        sample = out.sample()
+        assert type(sample) is space.dtype.type and space.contains(sample)
+
+
+@sandbox
+def test_discrete_int32_observations_and_actions_stay_int32(host_envs: Any) -> None:
+    with SandboxEnv("rlmesh_test/Int32-v0", **TEST_ENVS) as env:
+        twin = host_envs.Int32Env()
+        assert env.observation_space == twin.observation_space
+        assert env.action_space == twin.action_space
+        obs, _ = env.reset(seed=1)
+        assert type(obs) is np.int32 and obs in env.observation_space
+        action = env.action_space.sample()
+        assert type(action) is np.int32
+        obs = env.step(action)[0]
+        assert type(obs) is np.int32 and obs in env.observation_space
+    with SandboxVectorEnv("rlmesh_test/Int32-v0", num_envs=3, num_workers=2, **TEST_ENVS) as env:
+        assert env.observation_space.dtype == np.int32
+        obs, _ = env.reset(seed=1)
+        assert obs.dtype == np.int32 and obs in env.observation_space
+        obs = env.step(env.action_space.sample())[0]
+        assert obs.dtype == np.int32 and obs in env.observation_space

@@ -61,7 +61,12 @@ def space_to_data(space: Any) -> dict[str, Any]:
             "dtype": np.dtype(space.dtype).str,
         }
     if kind == "Discrete":
-        return {"type": "Discrete", "n": int(space.n), "start": int(getattr(space, "start", 0))}
+        return {
+            "type": "Discrete",
+            "n": int(space.n),
+            "start": int(getattr(space, "start", 0)),
+            "dtype": np.dtype(space.dtype).str,
+        }
     if kind == "MultiBinary":
         n = space.n
         return {"type": "MultiBinary", "n": int(n) if np.ndim(n) == 0 else [int(v) for v in n]}
@@ -171,6 +176,16 @@ class OpaqueSpace(spaces.Space[Any]):
         return hash((self.name, self.description))
 
 
+def _discrete(n: int, start: int, dtype: str | None) -> Any:
+    """A ``Discrete`` of the sandbox's dtype (gymnasium >= 1.1 has one; older ones are int64)."""
+    if dtype is None or np.dtype(dtype) == np.int64:
+        return spaces.Discrete(n, start=start)
+    try:
+        return spaces.Discrete(n, start=start, dtype=np.dtype(dtype))
+    except TypeError:  # this gymnasium's Discrete has no dtype: int64 it is
+        return spaces.Discrete(n, start=start)
+
+
 def space_from_data(data: dict[str, Any], depth: int = 0) -> Any:
     """Rebuild a space described by ``space_to_data`` (runs on the host).
 
@@ -188,7 +203,7 @@ def space_from_data(data: dict[str, Any], depth: int = 0) -> Any:
         low, high = data["low"], data["high"]
         return spaces.Box(low=low, high=high, shape=np.shape(low), dtype=np.dtype(data["dtype"]))
     if kind == "Discrete":
-        return spaces.Discrete(int(data["n"]), start=int(data["start"]))
+        return _discrete(int(data["n"]), int(data["start"]), data.get("dtype"))
     if kind == "MultiBinary":
         return spaces.MultiBinary(data["n"])
     if kind == "MultiDiscrete":

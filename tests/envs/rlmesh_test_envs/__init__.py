@@ -289,3 +289,25 @@ class BigEnv(gym.Env):
 
 
 gym.register("rlmesh_test/Big-v0", entry_point=BigEnv)
+
+
+class Int32Env(gym.Env):
+    """Discrete spaces of dtype int32 (gymnasium >= 1.1), and int32 observations."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Discrete(5, start=1, dtype=np.int32)
+        self.action_space = spaces.Discrete(3, dtype=np.int32)
+        self.state = np.int32(1)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.state = self.observation_space.dtype.type(self.np_random.integers(1, 6))
+        return self.state, {}
+
+    def step(self, action: Any):
+        assert self.action_space.contains(action), action
+        self.state = self.observation_space.dtype.type(1 + (int(self.state) + int(action)) % 5)
+        return self.state, 1.0, False, False, {}
+
+
+gym.register("rlmesh_test/Int32-v0", entry_point=Int32Env)
