@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from sandbox_options import ENVS_PACKAGE, TEST_ENVS
 
 from rlmesh import ProtocolError
+from rlmesh._core import batch
 from rlmesh._core.vector import map_sealed
 from rlmesh._wire import protocol as P
 from rlmesh._wire.codec import (
@@ -436,3 +437,42 @@ def test_discrete_int32_observations_and_actions_stay_int32(host_envs: Any) -> N
         assert obs.dtype == np.int32 and obs in env.observation_space
         obs = env.step(env.action_space.sample())[0]
         assert obs.dtype == np.int32 and obs in env.observation_space
+
+
+# -- 22. spaces that batch as tuples, over several workers ----------------------------------
+
+
+def test_tuple_batches_are_cut_and_joined_per_sub_env() -> None:
+    text = spaces.Text(5)
+    ranges = batch.bounds([2, 1])
+    assert batch.split(("ab", "c", "de"), ranges, text) == [("ab", "c"), ("de",)]
+    assert batch.concat([("ab", "c"), ("de",)], text) == ("ab", "c", "de")
+    mixed = spaces.Dict({"m": text, "x": spaces.Box(0, 1, (2,))})
+    joined = batch.concat(
+        [{"m": ("a", "b"), "x": np.zeros((2, 2))}, {"m": ("c",), "x": np.ones((1, 2))}], mixed
+    )
+    assert joined["m"] == ("a", "b", "c") and joined["x"].shape == (3, 2)
+    pair = spaces.Tuple((spaces.Discrete(2), text))
+    parts = batch.split((np.array([0, 1, 1]), ("a", "b", "c")), ranges, pair)
+    assert same(parts[1], (np.array([1]), ("c",)))
+    assert same(batch.concat(parts, pair), (np.array([0, 1, 1]), ("a", "b", "c")))
+
+
+@sandbox
+@pytest.mark.parametrize("action", ["text", "sequence", "custom"])
+def test_tuple_batched_spaces_over_two_workers_match_gymnasium(
+    action: str, host_envs: Any
+) -> None:
+    ref = gym.make_vec("rlmesh_test/Kinds-v0", num_envs=3, vectorization_mode="sync",
+                       action=action)  # fmt: skip
+    with SandboxVectorEnv("rlmesh_test/Kinds-v0", num_envs=3, num_workers=2, action=action,
+                          **TEST_ENVS) as env:  # fmt: skip
+        got, want = env.reset(seed=3), ref.reset(seed=3)
+        assert same(got, want), (got, want)
+        assert all(isinstance(m, str) for m in got[0]["mission"])
+        ref.action_space.seed(3)
+        for _ in range(12):
+            actions = ref.action_space.sample()
+            got, want = env.step(actions), ref.step(actions)
+            assert same(got, want), (got, want)
+    ref.close()

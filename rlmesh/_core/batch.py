@@ -5,6 +5,11 @@ Gymnasium vector env of its share. A request is split by sub-env index ranges; r
 joined back so the caller sees exactly what one Gymnasium vector env of ``num_envs`` would
 return: batched observations, per-env seeds ``seed + i``, and infos with ``_key`` masks.
 With one worker everything passes through untouched.
+
+Batches are cut and joined the way Gymnasium batched them, which the single space tells
+(``batch_space``/``concatenate``): Box, Discrete, MultiDiscrete and MultiBinary batch as
+arrays, Dict as a dict and Tuple as a tuple of batches, and every other space (Text, Graph,
+Sequence, OneOf, custom and opaque spaces) as a tuple with one item per sub-env.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
 
 __all__ = [
     "concat",
@@ -47,34 +53,44 @@ def bounds(sizes: list[int]) -> list[tuple[int, int]]:
     return out
 
 
-def split(batch: Any, ranges: list[tuple[int, int]]) -> list[Any]:
-    """Cut a batched value (array, or dict/tuple of them) into one piece per range."""
+_ARRAYS = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+
+
+def split(batch: Any, ranges: list[tuple[int, int]], space: Any = None) -> list[Any]:
+    """Cut a batched value into one piece per range, as ``space`` (the single space) batches:
+    arrays along their first axis, Dict and Tuple per member, anything else (Text, Graph,
+    Sequence, OneOf, custom) as a tuple of one item per sub-env. ``None``: an array."""
     if len(ranges) == 1:
         return [batch]
-    if isinstance(batch, dict):
-        parts = {key: split(value, ranges) for key, value in batch.items()}
-        return [{key: parts[key][i] for key in batch} for i in range(len(ranges))]
-    if isinstance(batch, tuple):
-        columns = [split(value, ranges) for value in batch]
+    if isinstance(space, spaces.Dict):
+        parts = {key: split(batch[key], ranges, sub) for key, sub in space.spaces.items()}
+        return [{key: parts[key][i] for key in parts} for i in range(len(ranges))]
+    if isinstance(space, spaces.Tuple):
+        columns = [split(batch[i], ranges, sub) for i, sub in enumerate(space.spaces)]
         return [tuple(column[i] for column in columns) for i in range(len(ranges))]
-    return [batch[start:stop] for start, stop in ranges]
+    if space is None or isinstance(space, _ARRAYS):
+        return [batch[start:stop] for start, stop in ranges]
+    items = tuple(batch)
+    return [items[start:stop] for start, stop in ranges]
 
 
-def concat(parts: list[Any]) -> Any:
-    """Join per-worker batches along the first axis (recursively for dict/tuple)."""
+def concat(parts: list[Any], space: Any = None) -> Any:
+    """Join per-worker batches as ``space`` (the single space) batches (see ``split``);
+    ``None``: arrays."""
     if len(parts) == 1:
         return parts[0]
-    first = parts[0]
-    if isinstance(first, dict):
-        return {key: concat([part[key] for part in parts]) for key in first}
-    if isinstance(first, tuple):
-        return tuple(concat([part[i] for part in parts]) for i in range(len(first)))
-    if isinstance(first, np.ndarray):
+    if isinstance(space, spaces.Dict):
+        return {
+            key: concat([part[key] for part in parts], sub) for key, sub in space.spaces.items()
+        }
+    if isinstance(space, spaces.Tuple):
+        return tuple(concat([part[i] for part in parts], sub) for i, sub in enumerate(space.spaces))
+    if space is None or isinstance(space, _ARRAYS):
         return np.concatenate(parts)
     joined: list[Any] = []
     for part in parts:
         joined.extend(part)
-    return type(first)(joined) if isinstance(first, (list, tuple)) else joined
+    return tuple(joined)
 
 
 def split_seeds(seed: int | list[int | None] | None, sizes: list[int]) -> list[Any]:

@@ -201,7 +201,7 @@ class VectorCore:
                 f"actions {actions!r:.200} are not in the batched action space "
                 f"{self.action_space} of {self.label!r}; env.action_space.sample() gives valid ones"
             )
-        parts = _batch.split(actions, self.ranges)
+        parts = _batch.split(actions, self.ranges, self.single_action_space)
         return [self.encoder.encode([P.STEP, part]) for part in parts]
 
     # -- shared memory for large observations ---------------------------------------------
@@ -271,13 +271,14 @@ class VectorCore:
                 obs_parts.append(values[1])
                 infos.append(values[2])
         self._last_obs = obs_parts
-        return _batch.concat(obs_parts), _batch.merge_infos(infos, self.sizes)
+        obs = _batch.concat(obs_parts, self.single_observation_space)
+        return obs, _batch.merge_infos(infos, self.sizes)
 
     def join_step(self, replies: list[list[Any]]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         replies = [reply_values(self._from_shm(i, r), 6) for i, r in enumerate(replies)]
         self._last_obs = [r[1] for r in replies]
         return (
-            _batch.concat([r[1] for r in replies]),
+            _batch.concat([r[1] for r in replies], self.single_observation_space),
             _batch.concat([r[2] for r in replies]),
             _batch.concat([r[3] for r in replies]),
             _batch.concat([r[4] for r in replies]),

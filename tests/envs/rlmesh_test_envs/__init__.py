@@ -32,6 +32,12 @@ class Weird(spaces.Space):
     def contains(self, x: Any) -> bool:
         return isinstance(x, (int, np.integer)) and 10 <= int(x) < 20
 
+    def __eq__(self, other: object) -> bool:  # as custom spaces should (vector envs compare)
+        return isinstance(other, Weird)
+
+    def __hash__(self) -> int:
+        return hash(Weird)
+
 
 class Unserialisable:
     def __repr__(self) -> str:
@@ -311,3 +317,51 @@ class Int32Env(gym.Env):
 
 
 gym.register("rlmesh_test/Int32-v0", entry_point=Int32Env)
+
+
+def _kinds_space(kind: str) -> Any:
+    if kind == "text":
+        return spaces.Text(6, min_length=1, charset="abcdef")
+    if kind == "sequence":
+        return spaces.Sequence(spaces.Discrete(4))
+    if kind == "graph":
+        return spaces.Graph(spaces.Box(0, 1, (2,), np.float32), spaces.Discrete(3))
+    if kind == "oneof":
+        return spaces.OneOf((spaces.Discrete(2), spaces.Box(0, 1, (2,), np.float32)))
+    if kind == "custom":
+        return Weird()
+    raise ValueError(kind)
+
+
+class KindsEnv(gym.Env):
+    """Observations that batch as tuples in a vector env (Text, Graph, Sequence, OneOf, a
+    custom space, a mission string) and an action space of the kind ``action`` names."""
+
+    def __init__(self, action: str = "text") -> None:
+        self.observation_space = spaces.Dict(
+            {
+                "mission": spaces.Text(12, min_length=1, charset="abcdefgh "),
+                "graph": _kinds_space("graph"),
+                "seq": _kinds_space("sequence"),
+                "choice": _kinds_space("oneof"),
+                "custom": _kinds_space("custom"),
+                "pos": spaces.Box(-1, 1, (2,), np.float32),
+            }
+        )
+        self.action_space = _kinds_space(action)
+
+    def _obs(self) -> dict:
+        for space in self.observation_space.spaces.values():
+            space.seed(int(self.np_random.integers(2**31)))
+        return {key: space.sample() for key, space in self.observation_space.spaces.items()}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        return self._obs(), {}
+
+    def step(self, action: Any):
+        assert self.action_space.contains(action), action
+        return self._obs(), 1.0, bool(self.np_random.random() < 0.1), False, {}
+
+
+gym.register("rlmesh_test/Kinds-v0", entry_point=KindsEnv)
