@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 from gymnasium.utils.env_checker import data_equivalence
+from gymnasium.vector import AutoresetMode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sandbox_options import ENVS_PACKAGE, TEST_ENVS
@@ -475,4 +476,33 @@ def test_tuple_batched_spaces_over_two_workers_match_gymnasium(
             actions = ref.action_space.sample()
             got, want = env.step(actions), ref.step(actions)
             assert same(got, want), (got, want)
+    ref.close()
+
+
+# -- 23. reset_mask checked for the whole batch ----------------------------------------------
+
+
+@sandbox
+def test_a_bad_reset_mask_is_refused_as_gymnasium_does_over_two_workers() -> None:
+    ref = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync",
+                       vector_kwargs={"autoreset_mode": AutoresetMode.DISABLED})  # fmt: skip
+    ref.reset(seed=0)
+    masks = [
+        np.zeros(4, dtype=bool),  # resets nothing
+        np.ones(3, dtype=bool),  # the wrong length (a worker's share, even)
+        np.ones(5, dtype=bool),
+        np.array([1, 0, 0, 1]),  # not bools
+        [True, False, False, False],  # not an array
+    ]
+    with SandboxVectorEnv("CartPole-v1", num_envs=4, num_workers=2,
+                          autoreset_mode=AutoresetMode.DISABLED) as env:  # fmt: skip
+        env.reset(seed=0)
+        for mask in masks:
+            with pytest.raises(Exception) as expected:
+                ref.reset(options={"reset_mask": mask})
+            with pytest.raises(type(expected.value), match=re.escape(str(expected.value))):
+                env.reset(options={"reset_mask": mask})
+        good = np.array([False, False, True, False])
+        got = env.reset(options={"reset_mask": good})
+        assert same(got, ref.reset(options={"reset_mask": good}))
     ref.close()

@@ -20,6 +20,7 @@ import numpy as np
 from gymnasium import spaces
 
 __all__ = [
+    "check_reset_mask",
     "concat",
     "merge_infos",
     "shard_sizes",
@@ -108,11 +109,33 @@ def split_seeds(seed: int | list[int | None] | None, sizes: list[int]) -> list[A
     return [seeds[start:stop] for start, stop in bounds(sizes)]
 
 
+def check_reset_mask(options: dict[str, Any] | None, num_envs: int) -> None:
+    """Check ``options["reset_mask"]`` of the whole batch as Gymnasium's vector envs do, with
+    the same exceptions and words (before the mask is cut per worker, where a worker with
+    nothing to reset is simply skipped)."""
+    if options is None or "reset_mask" not in options:
+        return
+    mask = options["reset_mask"]
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"`options['reset_mask']` must be a numpy array, got {type(mask)}")
+    if mask.shape != (num_envs,):
+        raise ValueError(
+            f"`options['reset_mask']` must have shape `({num_envs},)`, got {mask.shape}"
+        )
+    if mask.dtype != np.bool_:
+        raise TypeError(f"`options['reset_mask']` must have `dtype=np.bool_`, got {mask.dtype}")
+    if not np.any(mask):
+        raise ValueError(
+            "`options['reset_mask']` must contain a boolean array with at least one True "
+            f"value, got reset_mask={mask}"
+        )
+
+
 def split_options(options: dict[str, Any] | None, sizes: list[int]) -> list[Any]:
     """The same options for every worker, except ``reset_mask``, which is cut per worker."""
     if options is None or len(sizes) == 1 or "reset_mask" not in options:
         return [options] * len(sizes)
-    masks = split(np.asarray(options["reset_mask"]), bounds(sizes))
+    masks = split(options["reset_mask"], bounds(sizes))
     return [{**options, "reset_mask": mask} for mask in masks]
 
 

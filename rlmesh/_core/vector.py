@@ -187,6 +187,7 @@ class VectorCore:
 
     def reset_requests(self, seed: Any, options: Any) -> list[bytes | None]:
         """One payload per worker; ``None`` for a worker that ``reset_mask`` leaves alone."""
+        _batch.check_reset_mask(options, self.num_envs)
         seeds = _batch.split_seeds(seed, self.sizes)
         options_each = _batch.split_options(options, self.sizes)
         payloads: list[bytes | None] = []
