@@ -506,3 +506,22 @@ def test_a_bad_reset_mask_is_refused_as_gymnasium_does_over_two_workers() -> Non
         got = env.reset(options={"reset_mask": good})
         assert same(got, ref.reset(options={"reset_mask": good}))
     ref.close()
+
+
+# -- 24, 26. Gymnasium's vector attributes ---------------------------------------------------
+
+
+@sandbox
+@pytest.mark.anyio
+async def test_np_random_seed_and_autoreset_mode_are_gymnasiums() -> None:
+    ref = gym.make_vec("CartPole-v1", num_envs=3, vectorization_mode="sync")
+    with SandboxVectorEnv("CartPole-v1", num_envs=3, num_workers=2) as env:
+        assert env.autoreset_mode is ref.autoreset_mode is AutoresetMode.NEXT_STEP
+        env.reset(seed=42)
+        ref.reset(seed=42)
+        assert env.np_random_seed == ref.np_random_seed == (42, 43, 44)
+    ref.close()
+    async with AsyncSandboxVectorEnv("CartPole-v1", num_envs=2,
+                                     autoreset_mode="SameStep") as aenv:  # fmt: skip
+        assert aenv.autoreset_mode is AutoresetMode.SAME_STEP
+        assert aenv.metadata["autoreset_mode"] is AutoresetMode.SAME_STEP

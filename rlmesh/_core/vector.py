@@ -132,6 +132,12 @@ class VectorCore:
         if "autoreset_mode" in metadata:
             metadata["autoreset_mode"] = AutoresetMode(metadata["autoreset_mode"])
         self.metadata = metadata
+        # As Gymnasium's vector envs have it (TorchRL reads it); a sandbox whose gymnasium
+        # predates the attribute steps the way Gymnasium's default does.
+        chosen = self.spec.options.autoreset_mode
+        self.autoreset_mode = metadata.get("autoreset_mode") or AutoresetMode(
+            chosen or AutoresetMode.NEXT_STEP.value
+        )
         self.render_mode = first.render_mode
         self.life.fire(Event.STARTED)
 
