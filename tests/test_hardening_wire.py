@@ -30,7 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sandbox_options import ENVS_PACKAGE, TEST_ENVS
 
-from rlmesh import ProtocolError
+from rlmesh import ProtocolError, RemoteEnvError, SandboxClosedError
 from rlmesh._core import batch
 from rlmesh._core.vector import map_sealed
 from rlmesh._wire import protocol as P
@@ -525,3 +525,30 @@ async def test_np_random_seed_and_autoreset_mode_are_gymnasiums() -> None:
                                      autoreset_mode="SameStep") as aenv:  # fmt: skip
         assert aenv.autoreset_mode is AutoresetMode.SAME_STEP
         assert aenv.metadata["autoreset_mode"] is AutoresetMode.SAME_STEP
+
+
+# -- 25. an env error in vectorization_mode="async" ------------------------------------------
+
+
+@sandbox
+@faults
+def test_an_env_error_in_async_mode_breaks_the_vector_env_with_a_clear_error() -> None:
+    options = {"num_envs": 2, "vectorization_mode": "async", "mode": "raise", **TEST_ENVS}
+    with SandboxVectorEnv(FAULTY, **options) as env:
+        env.reset(seed=0)
+        env.step(np.zeros(2, dtype=np.int64))
+        with pytest.raises(RemoteEnvError, match="boom at step 2") as caught:
+            env.step(np.zeros(2, dtype=np.int64))
+        if sys.version_info >= (3, 11):  # exception notes
+            assert "vectorization_mode='sync'" in "\n".join(caught.value.__notes__)
+        assert env.state is State.BROKEN
+        with pytest.raises(SandboxClosedError, match="AsyncVectorEnv shuts down a sub-env"):
+            env.step(np.zeros(2, dtype=np.int64))
+    with SandboxVectorEnv(FAULTY, auto_restart=True, **options) as env:
+        env.reset(seed=0)
+        env.step(np.zeros(2, dtype=np.int64))
+        with pytest.raises(RemoteEnvError, match="boom at step 2"):
+            env.step(np.zeros(2, dtype=np.int64))
+        _, infos = env.reset(seed=0)
+        assert infos["rlmesh_restarted"].all() and env.restarts == 1
+        env.step(np.zeros(2, dtype=np.int64))

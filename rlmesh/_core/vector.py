@@ -22,7 +22,7 @@ import numpy as np
 from gymnasium.spaces import Box
 from gymnasium.vector.utils import batch_space
 
-from .._errors import SandboxError
+from .._errors import RemoteEnvError, SandboxError
 from .._wire import protocol as P
 from .._wire.spaces import OpaqueSpace
 from . import batch as _batch
@@ -86,6 +86,14 @@ def _batched(space: Any, n: int) -> Any:
         if isinstance(space, OpaqueSpace):
             return OpaqueSpace(space.name, f"{n} x {space.description}")
         raise
+
+
+ASYNC_ERROR = (
+    "a sub-env raised in vectorization_mode='async', and Gymnasium's AsyncVectorEnv shuts "
+    "down a sub-env that raised, so this vector env cannot go on; use "
+    "vectorization_mode='sync' to keep going after the env's errors, or auto_restart=True to "
+    "replace the worker at the next reset()"
+)
 
 
 class VectorCore:
@@ -164,8 +172,24 @@ class VectorCore:
 
     def failed(self, exc: SandboxError, what: str) -> SandboxError:
         """Book a failed call: a fatal one kills the worker it came from (``auto_restart``
-        replaces it at the next reset) or, without ``auto_restart``, every worker."""
-        error, broke = self.life.failed(exc, what)
+        replaces it at the next reset) or, without ``auto_restart``, every worker.
+
+        With ``vectorization_mode="async"`` an error of the env is fatal too: Gymnasium's
+        ``AsyncVectorEnv`` shuts down a sub-env that raised, and the worker cannot go on.
+        """
+        error: SandboxError = exc
+        if (
+            isinstance(exc, RemoteEnvError)
+            and self.spec.options.vectorization_mode == "async"
+            and self.life.state is State.READY
+        ):
+            self.life.fire(Event.FAILED, f"{type(exc).__name__}: {ASYNC_ERROR}")
+            add_note = getattr(exc, "add_note", None)  # Python >= 3.11
+            if add_note is not None:
+                add_note(ASYNC_ERROR)
+            broke = True
+        else:
+            error, broke = self.life.failed(exc, what)
         if broke:
             failed = [self.at] if self.life.auto_restart else range(len(self.sizes))
             for index in failed:
@@ -274,7 +298,7 @@ class VectorCore:
                 obs_parts.append(self._last_obs[index])
                 infos.append({})
             else:
-                values = reply_values(self._from_shm(index, reply), 3)
+                values = self._values(index, self._from_shm(index, reply), 3)
                 obs_parts.append(values[1])
                 infos.append(values[2])
         self._last_obs = obs_parts
@@ -282,7 +306,7 @@ class VectorCore:
         return obs, _batch.merge_infos(infos, self.sizes)
 
     def join_step(self, replies: list[list[Any]]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        replies = [reply_values(self._from_shm(i, r), 6) for i, r in enumerate(replies)]
+        replies = [self._values(i, self._from_shm(i, r), 6) for i, r in enumerate(replies)]
         self._last_obs = [r[1] for r in replies]
         return (
             _batch.concat([r[1] for r in replies], self.single_observation_space),
@@ -310,7 +334,7 @@ class VectorCore:
     def join_tuples(self, replies: list[list[Any]]) -> tuple[Any, ...] | None:
         """Per-sub-env results (render) joined into one tuple; ``None`` if every worker
         answered ``None``."""
-        values = [reply_values(reply, 2)[1] for reply in replies]
+        values = [self._values(i, reply, 2)[1] for i, reply in enumerate(replies)]
         if all(value is None for value in values):
             return None
         joined: list[Any] = []
@@ -324,5 +348,15 @@ class VectorCore:
         return (None,) * self.num_envs if joined is None else joined
 
     def join_none(self, replies: list[list[Any]]) -> None:
-        for reply in replies:
-            reply_values(reply, 1)
+        for index, reply in enumerate(replies):
+            self._values(index, reply, 1)
+
+    def _values(self, index: int, reply: list[Any], length: int) -> list[Any]:
+        """Worker ``index``'s OK reply of ``length`` items, or raise what it stands for; the
+        env's own error goes through ``failed`` (fatal in ``vectorization_mode="async"``)."""
+        try:
+            return reply_values(reply, length)
+        except RemoteEnvError as exc:
+            self.at = index
+            self.failed(exc, "a call")
+            raise
