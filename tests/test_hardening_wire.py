@@ -43,7 +43,7 @@ from rlmesh._wire.codec import (
     RemoteObject,
     decode,
 )
-from rlmesh._wire.spaces import space_from_data, space_to_data
+from rlmesh._wire.spaces import OpaqueSpace, space_from_data, space_to_data
 from rlmesh.numpy import AsyncSandboxVectorEnv, SandboxEnv, SandboxVectorEnv, State
 
 FAULTY = "rlmesh_test/Faulty-v0"
@@ -552,3 +552,36 @@ def test_an_env_error_in_async_mode_breaks_the_vector_env_with_a_clear_error() -
         _, infos = env.reset(seed=0)
         assert infos["rlmesh_restarted"].all() and env.restarts == 1
         env.step(np.zeros(2, dtype=np.int64))
+
+
+# -- 27. opaque spaces ------------------------------------------------------------------------
+
+
+def test_opaque_spaces_of_two_sandboxes_are_equal(host_envs: Any) -> None:
+    first, second = host_envs.MissionSpace(), host_envs.MissionSpace()
+    assert repr(first) != repr(second)  # memory addresses
+    one, other = travel(first), travel(second)
+    assert isinstance(one, OpaqueSpace) and one == other and hash(one) == hash(other)
+    assert " at 0x" not in one.description
+    assert one.describes(second) and not one.describes(spaces.Discrete(2))
+
+
+@sandbox
+def test_opaque_spaces_check_and_sample_through_the_sandbox_inside_a_dict(host_envs: Any) -> None:
+    from rlmesh.testing import check_sandbox_env
+
+    make = lambda: SandboxEnv("rlmesh_test/Mission-v0", **TEST_ENVS)  # noqa: E731
+    vector = gym.vector.SyncVectorEnv([make, make])  # compares the two envs' spaces
+    try:
+        mission = vector.envs[0].observation_space["mission"]
+        assert isinstance(mission, OpaqueSpace)
+        assert mission.contains("open the door") and not mission.contains("fly")
+        assert mission.sample() in host_envs.MissionSpace.MISSIONS
+        sample = vector.envs[0].observation_space.sample()
+        assert sample in vector.envs[0].observation_space
+        obs, _ = vector.reset(seed=0)
+        assert obs["mission"][0] in host_envs.MissionSpace.MISSIONS
+    finally:
+        vector.close()
+    report = check_sandbox_env("rlmesh_test/Mission-v0", seeds=(0,), **TEST_ENVS)
+    assert report.compared

@@ -12,6 +12,7 @@ Only numpy and gymnasium are imported (lazily where versions differ): the worker
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,15 @@ from gymnasium import spaces
 
 from .codec import MAX_DEPTH
 
-__all__ = ["OpaqueSpace", "space_from_data", "space_to_data"]
+__all__ = ["OpaqueSpace", "space_from_data", "space_to_data", "stable_description"]
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def stable_description(text: str) -> str:
+    """``repr()`` text of a space without memory addresses (``<Mission object at 0x7f..>``
+    differs between two processes holding the same space)."""
+    return _ADDRESS.sub("", text)
 
 
 def _named(name: str) -> type[Any] | None:
@@ -123,12 +132,16 @@ class OpaqueSpace(spaces.Space[Any]):
     """Stands for a sandbox space whose class the host cannot rebuild.
 
     ``contains`` and ``sample`` go through the sandbox when the owning env wires ``remote``
-    (``SandboxEnv`` does); without it, ``contains`` accepts anything (the sandbox still checks
-    when the action is used) and ``sample`` raises with a clear message.
+    (``SandboxEnv`` does, also for opaque spaces inside a ``Dict`` or ``Tuple``); without it,
+    ``contains`` accepts anything (the sandbox still checks when the action is used) and
+    ``sample`` raises with a clear message.
+
+    Two opaque spaces are equal when they name the same class and have the same description,
+    so the same env in two sandboxes has equal spaces.
 
     Attributes:
         name: The qualified class name of the space in the sandbox.
-        description: ``repr()`` of the space in the sandbox.
+        description: ``repr()`` of the space in the sandbox, without memory addresses.
     """
 
     def __init__(
@@ -140,7 +153,7 @@ class OpaqueSpace(spaces.Space[Any]):
     ) -> None:
         super().__init__(shape=shape, dtype=dtype)
         self.name = name
-        self.description = description
+        self.description = stable_description(description)
         self.remote_sample: Callable[[], Any] | None = None
         self.remote_contains: Callable[[Any], bool] | None = None
 
@@ -165,6 +178,13 @@ class OpaqueSpace(spaces.Space[Any]):
 
     def __repr__(self) -> str:
         return f"OpaqueSpace({self.description})"
+
+    def describes(self, space: Any) -> bool:
+        """Whether ``space`` (a real space, say in this process) is the one this stands for:
+        the same qualified class name and the same description."""
+        kind = type(space)
+        name = f"{kind.__module__}.{kind.__qualname__}"
+        return (name, stable_description(repr(space)[:500])) == (self.name, self.description)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, OpaqueSpace) and (other.name, other.description) == (

@@ -12,7 +12,7 @@ import os
 import platform
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from .._version import __version__
@@ -223,16 +223,21 @@ class Worker:
     def _render(self) -> list[Any]:
         return [P.OK, self.env.render()]
 
-    def _space(self, which: str) -> Any:
+    def _space(self, which: str, path: Sequence[Any]) -> Any:
+        """The env's ``which`` space, or the one ``path`` leads to inside it (Dict keys,
+        Tuple and OneOf indices)."""
         if which not in ("action", "observation"):
             raise ValueError(f"unknown space {which!r}")
-        return getattr(self.env, f"{which}_space")
+        space = getattr(self.env, f"{which}_space")
+        for key in path:
+            space = space.spaces[key]
+        return space
 
-    def _sample(self, which: str) -> list[Any]:
-        return [P.OK, self._space(which).sample()]
+    def _sample(self, which: str, path: Sequence[Any] = ()) -> list[Any]:
+        return [P.OK, self._space(which, path).sample()]
 
-    def _contains(self, which: str, value: Any) -> list[Any]:
-        return [P.OK, bool(self._space(which).contains(value))]
+    def _contains(self, which: str, value: Any, path: Sequence[Any] = ()) -> list[Any]:
+        return [P.OK, bool(self._space(which, path).contains(value))]
 
     def _call(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> list[Any]:
         return [P.OK, self.env.call(name, *args, **kwargs)]

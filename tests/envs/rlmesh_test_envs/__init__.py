@@ -319,6 +319,56 @@ class Int32Env(gym.Env):
 gym.register("rlmesh_test/Int32-v0", entry_point=Int32Env)
 
 
+class MissionSpace(spaces.Space):
+    """Like MiniGrid's: strings from a fixed set, a space class with no standard base and
+    the default repr (which holds a memory address)."""
+
+    MISSIONS = ("get the red key", "open the door", "go to the goal")
+
+    def __init__(self) -> None:
+        super().__init__(shape=None, dtype=None)
+
+    def sample(self, mask: Any = None, probability: Any = None) -> str:
+        return self.MISSIONS[int(self.np_random.integers(len(self.MISSIONS)))]
+
+    def contains(self, x: Any) -> bool:
+        return isinstance(x, str) and x in self.MISSIONS
+
+
+class MissionEnv(gym.Env):
+    """A MiniGrid-like env: a Dict observation with an image, a direction and a mission
+    string in a custom space; Discrete actions."""
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        self.render_mode = render_mode
+        self.observation_space = spaces.Dict(
+            {
+                "image": spaces.Box(0, 255, (3, 3, 3), np.uint8),
+                "direction": spaces.Discrete(4),
+                "mission": MissionSpace(),
+            }
+        )
+        self.action_space = spaces.Discrete(3)
+        self.t = 0
+
+    def _obs(self) -> dict:
+        mission = MissionSpace.MISSIONS[self.t % 3]
+        image = np.full((3, 3, 3), self.t % 256, np.uint8)
+        return {"image": image, "direction": np.int64(self.t % 4), "mission": mission}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t = int(self.np_random.integers(0, 3))
+        return self._obs(), {}
+
+    def step(self, action: Any):
+        self.t += int(action) + 1
+        return self._obs(), float(action), self.t > 40, False, {}
+
+
+gym.register("rlmesh_test/Mission-v0", entry_point=MissionEnv)
+
+
 def _kinds_space(kind: str) -> Any:
     if kind == "text":
         return spaces.Text(6, min_length=1, charset="abcdef")
