@@ -128,6 +128,14 @@ def test_a_forged_reply_thousands_deep_is_a_protocol_error_not_a_crash() -> None
     assert "ProtocolError" in result.stdout and "levels deep" in result.stdout
 
 
+def test_lists_nested_past_msgpacks_limit_are_a_protocol_error_that_says_so() -> None:
+    deep = b"\x90"  # []
+    for _ in range(2000):
+        deep = b"\x91" + deep  # [...]
+    with pytest.raises(ProtocolError, match="nested deeper than msgpack's limit"):
+        P.decode_message(b"\x92" + msgpack.packb(P.OK) + deep)  # [OK, [[[...]]]]
+
+
 _KINDS = ["tuple", "list", "dict", "frozenset"]
 
 

@@ -312,6 +312,12 @@ def _unpack_in_place(payload: bytes | bytearray) -> list[Any] | None:
     return [payload[1], array, *rest]
 
 
+def _why(exc: Exception) -> str:
+    if type(exc).__name__ == "StackError":  # msgpack's, which says nothing itself
+        return "lists and dicts nested deeper than msgpack's limit of 1024 levels"
+    return repr(exc)
+
+
 def decode_message(payload: bytes | bytearray) -> list[Any]:
     """Decode one payload into a message list, or raise ``ProtocolError``."""
     try:
@@ -323,7 +329,7 @@ def decode_message(payload: bytes | bytearray) -> list[Any]:
         if message is None:
             message = unpack(payload)
     except Exception as exc:
-        raise ProtocolError(f"malformed message from the sandbox: {exc!r}") from None
+        raise ProtocolError(f"malformed message from the sandbox: {_why(exc)}") from None
     if type(message) is not list or not message or type(message[0]) is not int:
         raise ProtocolError(f"malformed message from the sandbox: {message!r:.200}")
     return message
