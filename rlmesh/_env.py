@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import gymnasium as gym
+from gymnasium import spaces
 
 from ._core.channels import AsyncChannel, BlockingChannel
 from ._core.face import AsyncFace, public_face
@@ -72,23 +73,35 @@ class SandboxEnv(gym.Env[Any, Any]):
         core.detach()
         self._install(portal_call(start_sandbox, core.spec))
 
-    def _wire_opaque(self, space: Any, which: str) -> None:
+    def _wire_opaque(self, space: Any, which: str, path: tuple[str | int, ...] = ()) -> None:
+        """Let opaque spaces (also inside ``Dict``, ``Tuple`` and ``OneOf``) check and sample
+        through the sandbox; ``path`` leads from the env's space to ``space``."""
+        if isinstance(space, spaces.Dict):
+            for key, sub in space.spaces.items():
+                self._wire_opaque(sub, which, (*path, key))
+            return
+        if isinstance(space, (spaces.Tuple, spaces.OneOf)):
+            for index, sub in enumerate(space.spaces):
+                self._wire_opaque(sub, which, (*path, index))
+            return
         if not isinstance(space, OpaqueSpace):
             return
         ref = weakref.ref(self)
+        where = which + "".join(f"[{key!r}]" for key in path)
+        tail = [list(path)] if path else []  # the top-level space: the original request
 
         def sample() -> Any:
             env = ref()
             if env is None:
                 raise SandboxError("the sandbox env of this space is gone")
-            return env._call([P.SPACE_SAMPLE, which], f"{which}_space.sample()", 2)[1]
+            return env._call([P.SPACE_SAMPLE, which, *tail], f"{where}_space.sample()", 2)[1]
 
         def contains(value: Any) -> bool:
             env = ref()
             if env is None:
                 raise SandboxError("the sandbox env of this space is gone")
-            reply = env._call([P.SPACE_CONTAINS, which, value], f"{which}_space.contains()", 2)
-            return bool(reply[1])
+            request = [P.SPACE_CONTAINS, which, value, *tail]
+            return bool(env._call(request, f"{where}_space.contains()", 2)[1])
 
         space.remote_sample = sample
         space.remote_contains = contains

@@ -65,6 +65,7 @@ class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
         self.observation_space = core.observation_space
         self.action_space = core.action_space
         self.metadata = core.metadata
+        self.autoreset_mode = core.autoreset_mode
         self.render_mode = core.render_mode
         self.spec = host_env_spec(core.sandboxes[0])
         try:
@@ -101,6 +102,12 @@ class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
     def pids(self) -> list[int | None]:
         """The worker processes' ids."""
         return [s.child.pid for s in self._core.sandboxes]
+
+    @property
+    def np_random_seed(self) -> tuple[Any, ...]:  # type: ignore[override]
+        """The seed of every sub-env's random generator, as Gymnasium's vector envs give it
+        (after ``reset(seed=42)``: ``(42, 43, ...)``)."""
+        return self.get_attr("np_random_seed")
 
     def _guard(self, what: str, call: Callable[[], _T]) -> _T:
         try:
@@ -299,6 +306,7 @@ class AsyncSandboxVectorEnv(AsyncFace):
     observation_space = _started("observation_space")
     action_space = _started("action_space")
     metadata = _started("metadata")
+    autoreset_mode = _started("autoreset_mode", "The ``gymnasium.vector.AutoresetMode``.")
     render_mode = _started("render_mode")
 
     @property

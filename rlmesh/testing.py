@@ -29,6 +29,7 @@ from gymnasium.utils.env_checker import check_env, data_equivalence
 from ._config import OPTION_NAMES
 from ._env import SandboxEnv
 from ._sources import GymSource, parse_source
+from ._wire.spaces import OpaqueSpace
 
 __all__ = ["SandboxCheck", "check_sandbox_env"]
 
@@ -82,6 +83,27 @@ def _in_process_twin(
         return gym.make(parsed.env_id, render_mode=render_mode, **kwargs)
     except Exception:  # not installed or not registered here: only the sandbox can make it
         return None
+
+
+def _same_space(got: Any, want: Any) -> bool:
+    """``got == want``, where an opaque space of the sandbox equals the real space of this
+    process that it stands for (same class, same description)."""
+    if isinstance(got, OpaqueSpace):
+        return got.describes(want)
+    if isinstance(got, gym.spaces.Dict) and isinstance(want, gym.spaces.Dict):
+        return list(got.spaces) == list(want.spaces) and all(
+            _same_space(got.spaces[key], want.spaces[key]) for key in got.spaces
+        )
+    if type(got) is type(want) and isinstance(got, (gym.spaces.Tuple, gym.spaces.OneOf)):
+        return len(got.spaces) == len(want.spaces) and all(
+            _same_space(a, b) for a, b in zip(got.spaces, want.spaces, strict=True)
+        )
+    return bool(got == want)
+
+
+def _equal_space(what: str, got: Any, want: Any) -> None:
+    if not _same_space(got, want):
+        raise AssertionError(f"{what}: the sandbox has {got}, the in-process env {want}")
 
 
 def _equal(what: str, got: Any, want: Any) -> None:
@@ -170,8 +192,8 @@ def _check(
     """Play the seeded episodes and run ``check_env`` in one sandbox; the steps and warnings."""
     with SandboxEnv(source, **options) as env:
         if twin is not None:
-            _equal("observation_space", env.observation_space, twin.observation_space)
-            _equal("action_space", env.action_space, twin.action_space)
+            _equal_space("observation_space", env.observation_space, twin.observation_space)
+            _equal_space("action_space", env.action_space, twin.action_space)
         steps = sum(_play(env, twin, seed, max_steps) for seed in seeds)
         found = _warnings_of(lambda: check_env(env, skip_render_check=skip_render_check))
     return steps, found

@@ -126,7 +126,8 @@ def test_worker_serves_an_episode_like_gymnasium(worker: InProcessWorker) -> Non
     assert worker.hello[1]["protocol"] == P.PROTOCOL_VERSION
     assert worker.hello[1]["gymnasium"] == gym.__version__
     made = worker.call(P.MAKE, make_request("CartPole-v1"))
-    assert made[0] == P.OK and made[1]["action_space"] == {"type": "Discrete", "n": 2, "start": 0}
+    space = {"type": "Discrete", "n": 2, "start": 0, "dtype": "<i8"}
+    assert made[0] == P.OK and made[1]["action_space"] == space
     assert made[1]["spec"]["max_episode_steps"] == 500
     local = gym.make("CartPole-v1")
     ok, obs, info = worker.call(P.RESET, 3, None)

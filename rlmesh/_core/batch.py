@@ -5,6 +5,11 @@ Gymnasium vector env of its share. A request is split by sub-env index ranges; r
 joined back so the caller sees exactly what one Gymnasium vector env of ``num_envs`` would
 return: batched observations, per-env seeds ``seed + i``, and infos with ``_key`` masks.
 With one worker everything passes through untouched.
+
+Batches are cut and joined the way Gymnasium batched them, which the single space tells
+(``batch_space``/``concatenate``): Box, Discrete, MultiDiscrete and MultiBinary batch as
+arrays, Dict as a dict and Tuple as a tuple of batches, and every other space (Text, Graph,
+Sequence, OneOf, custom and opaque spaces) as a tuple with one item per sub-env.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
 
 __all__ = [
+    "check_reset_mask",
     "concat",
     "merge_infos",
     "shard_sizes",
@@ -47,34 +54,44 @@ def bounds(sizes: list[int]) -> list[tuple[int, int]]:
     return out
 
 
-def split(batch: Any, ranges: list[tuple[int, int]]) -> list[Any]:
-    """Cut a batched value (array, or dict/tuple of them) into one piece per range."""
+_ARRAYS = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+
+
+def split(batch: Any, ranges: list[tuple[int, int]], space: Any = None) -> list[Any]:
+    """Cut a batched value into one piece per range, as ``space`` (the single space) batches:
+    arrays along their first axis, Dict and Tuple per member, anything else (Text, Graph,
+    Sequence, OneOf, custom) as a tuple of one item per sub-env. ``None``: an array."""
     if len(ranges) == 1:
         return [batch]
-    if isinstance(batch, dict):
-        parts = {key: split(value, ranges) for key, value in batch.items()}
-        return [{key: parts[key][i] for key in batch} for i in range(len(ranges))]
-    if isinstance(batch, tuple):
-        columns = [split(value, ranges) for value in batch]
+    if isinstance(space, spaces.Dict):
+        parts = {key: split(batch[key], ranges, sub) for key, sub in space.spaces.items()}
+        return [{key: parts[key][i] for key in parts} for i in range(len(ranges))]
+    if isinstance(space, spaces.Tuple):
+        columns = [split(batch[i], ranges, sub) for i, sub in enumerate(space.spaces)]
         return [tuple(column[i] for column in columns) for i in range(len(ranges))]
-    return [batch[start:stop] for start, stop in ranges]
+    if space is None or isinstance(space, _ARRAYS):
+        return [batch[start:stop] for start, stop in ranges]
+    items = tuple(batch)
+    return [items[start:stop] for start, stop in ranges]
 
 
-def concat(parts: list[Any]) -> Any:
-    """Join per-worker batches along the first axis (recursively for dict/tuple)."""
+def concat(parts: list[Any], space: Any = None) -> Any:
+    """Join per-worker batches as ``space`` (the single space) batches (see ``split``);
+    ``None``: arrays."""
     if len(parts) == 1:
         return parts[0]
-    first = parts[0]
-    if isinstance(first, dict):
-        return {key: concat([part[key] for part in parts]) for key in first}
-    if isinstance(first, tuple):
-        return tuple(concat([part[i] for part in parts]) for i in range(len(first)))
-    if isinstance(first, np.ndarray):
+    if isinstance(space, spaces.Dict):
+        return {
+            key: concat([part[key] for part in parts], sub) for key, sub in space.spaces.items()
+        }
+    if isinstance(space, spaces.Tuple):
+        return tuple(concat([part[i] for part in parts], sub) for i, sub in enumerate(space.spaces))
+    if space is None or isinstance(space, _ARRAYS):
         return np.concatenate(parts)
     joined: list[Any] = []
     for part in parts:
         joined.extend(part)
-    return type(first)(joined) if isinstance(first, (list, tuple)) else joined
+    return tuple(joined)
 
 
 def split_seeds(seed: int | list[int | None] | None, sizes: list[int]) -> list[Any]:
@@ -92,11 +109,33 @@ def split_seeds(seed: int | list[int | None] | None, sizes: list[int]) -> list[A
     return [seeds[start:stop] for start, stop in bounds(sizes)]
 
 
+def check_reset_mask(options: dict[str, Any] | None, num_envs: int) -> None:
+    """Check ``options["reset_mask"]`` of the whole batch as Gymnasium's vector envs do, with
+    the same exceptions and words (before the mask is cut per worker, where a worker with
+    nothing to reset is simply skipped)."""
+    if options is None or "reset_mask" not in options:
+        return
+    mask = options["reset_mask"]
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"`options['reset_mask']` must be a numpy array, got {type(mask)}")
+    if mask.shape != (num_envs,):
+        raise ValueError(
+            f"`options['reset_mask']` must have shape `({num_envs},)`, got {mask.shape}"
+        )
+    if mask.dtype != np.bool_:
+        raise TypeError(f"`options['reset_mask']` must have `dtype=np.bool_`, got {mask.dtype}")
+    if not np.any(mask):
+        raise ValueError(
+            "`options['reset_mask']` must contain a boolean array with at least one True "
+            f"value, got reset_mask={mask}"
+        )
+
+
 def split_options(options: dict[str, Any] | None, sizes: list[int]) -> list[Any]:
     """The same options for every worker, except ``reset_mask``, which is cut per worker."""
     if options is None or len(sizes) == 1 or "reset_mask" not in options:
         return [options] * len(sizes)
-    masks = split(np.asarray(options["reset_mask"]), bounds(sizes))
+    masks = split(options["reset_mask"], bounds(sizes))
     return [{**options, "reset_mask": mask} for mask in masks]
 
 

@@ -46,13 +46,13 @@ class _Base:
     def __init__(self, child: WorkerHandle, reader: P.FrameReader) -> None:
         self.child = child
         self._reader = reader
-        self._ready: list[bytes] = []
+        self._ready: list[bytes | bytearray] = []
         self._unanswered = 0  # requests sent whose replies were never read
 
     def _frame(self, payload: bytes) -> bytes:
         return P.frame_header(len(payload)) + payload
 
-    def _next_payload(self) -> bytes | None:
+    def _next_payload(self) -> bytes | bytearray | None:
         ready = self._ready
         return ready.pop(0) if ready else None
 

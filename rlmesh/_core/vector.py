@@ -12,6 +12,7 @@ has no name in ``/dev/shm``, so a crash on either side leaks nothing.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import mmap
 import os
 import weakref
@@ -21,7 +22,7 @@ import numpy as np
 from gymnasium.spaces import Box
 from gymnasium.vector.utils import batch_space
 
-from .._errors import SandboxError
+from .._errors import RemoteEnvError, SandboxError
 from .._wire import protocol as P
 from .._wire.spaces import OpaqueSpace
 from . import batch as _batch
@@ -29,9 +30,37 @@ from .lifecycle import Event, Lifecycle, State
 from .spec import SandboxSpec
 from .startup import Sandbox, reply_values
 
-__all__ = ["VectorCore", "worker_requests"]
+__all__ = ["VectorCore", "map_sealed", "worker_requests"]
 
 SHM_MIN = 64 * 1024  # bytes of a worker's observation batch from which shared memory pays
+
+
+_F_GET_SEALS = 1034  # Linux's fcntl command (fcntl.F_GET_SEALS from Python 3.8, Linux only)
+
+
+def map_sealed(path: str, nbytes: int) -> mmap.mmap:
+    """Map ``nbytes`` of the worker's memfd at ``path``, read-only.
+
+    The env shares the worker's process, so it can reach the memfd too. Were the file shrunk
+    under the mapping, the host's next read of it would die of SIGBUS: only a memfd sealed
+    against shrinking and growing (``protocol.SHM_SEALS``) and of the right size is mapped;
+    anything else is ``OSError`` (the caller then falls back to the pipe).
+    """
+    # O_NONBLOCK: what the path names is the env's to choose (a FIFO must not block us).
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        try:
+            seals = fcntl.fcntl(fd, _F_GET_SEALS)
+        except OSError:  # not a memfd (or a kernel without seals)
+            seals = 0
+        if seals & P.SHM_SEALS != P.SHM_SEALS:
+            raise OSError(f"the worker's shared memory is not sealed (seals {seals:#x})")
+        size = os.fstat(fd).st_size
+        if size != nbytes:
+            raise OSError(f"the worker's shared memory holds {size} bytes, not {nbytes}")
+        return mmap.mmap(fd, nbytes, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)  # the mapping outlives the fd
 
 
 def worker_requests(spec: SandboxSpec) -> list[tuple[dict[str, Any], str]]:
@@ -57,6 +86,14 @@ def _batched(space: Any, n: int) -> Any:
         if isinstance(space, OpaqueSpace):
             return OpaqueSpace(space.name, f"{n} x {space.description}")
         raise
+
+
+ASYNC_ERROR = (
+    "a sub-env raised in vectorization_mode='async', and Gymnasium's AsyncVectorEnv shuts "
+    "down a sub-env that raised, so this vector env cannot go on; use "
+    "vectorization_mode='sync' to keep going after the env's errors, or auto_restart=True to "
+    "replace the worker at the next reset()"
+)
 
 
 class VectorCore:
@@ -103,6 +140,12 @@ class VectorCore:
         if "autoreset_mode" in metadata:
             metadata["autoreset_mode"] = AutoresetMode(metadata["autoreset_mode"])
         self.metadata = metadata
+        # As Gymnasium's vector envs have it (TorchRL reads it); a sandbox whose gymnasium
+        # predates the attribute steps the way Gymnasium's default does.
+        chosen = self.spec.options.autoreset_mode
+        self.autoreset_mode = metadata.get("autoreset_mode") or AutoresetMode(
+            chosen or AutoresetMode.NEXT_STEP.value
+        )
         self.render_mode = first.render_mode
         self.life.fire(Event.STARTED)
 
@@ -129,8 +172,24 @@ class VectorCore:
 
     def failed(self, exc: SandboxError, what: str) -> SandboxError:
         """Book a failed call: a fatal one kills the worker it came from (``auto_restart``
-        replaces it at the next reset) or, without ``auto_restart``, every worker."""
-        error, broke = self.life.failed(exc, what)
+        replaces it at the next reset) or, without ``auto_restart``, every worker.
+
+        With ``vectorization_mode="async"`` an error of the env is fatal too: Gymnasium's
+        ``AsyncVectorEnv`` shuts down a sub-env that raised, and the worker cannot go on.
+        """
+        error: SandboxError = exc
+        if (
+            isinstance(exc, RemoteEnvError)
+            and self.spec.options.vectorization_mode == "async"
+            and self.life.state is State.READY
+        ):
+            self.life.fire(Event.FAILED, f"{type(exc).__name__}: {ASYNC_ERROR}")
+            add_note = getattr(exc, "add_note", None)  # Python >= 3.11
+            if add_note is not None:
+                add_note(ASYNC_ERROR)
+            broke = True
+        else:
+            error, broke = self.life.failed(exc, what)
         if broke:
             failed = [self.at] if self.life.auto_restart else range(len(self.sizes))
             for index in failed:
@@ -158,6 +217,7 @@ class VectorCore:
 
     def reset_requests(self, seed: Any, options: Any) -> list[bytes | None]:
         """One payload per worker; ``None`` for a worker that ``reset_mask`` leaves alone."""
+        _batch.check_reset_mask(options, self.num_envs)
         seeds = _batch.split_seeds(seed, self.sizes)
         options_each = _batch.split_options(options, self.sizes)
         payloads: list[bytes | None] = []
@@ -172,7 +232,7 @@ class VectorCore:
                 f"actions {actions!r:.200} are not in the batched action space "
                 f"{self.action_space} of {self.label!r}; env.action_space.sample() gives valid ones"
             )
-        parts = _batch.split(actions, self.ranges)
+        parts = _batch.split(actions, self.ranges, self.single_action_space)
         return [self.encoder.encode([P.STEP, part]) for part in parts]
 
     # -- shared memory for large observations ---------------------------------------------
@@ -204,11 +264,7 @@ class VectorCore:
         try:
             if path is None:  # the worker's fds are not ours to open (bwrap, a container)
                 raise OSError("no path to the worker's memory")
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                mapping = mmap.mmap(fd, nbytes)
-            finally:
-                os.close(fd)  # the mapping outlives the fd
+            mapping = map_sealed(path, nbytes)
         except (OSError, ValueError, TypeError):
             return self.encoder.encode([P.SHM_SETUP, 0])
         self._shm[index] = (mapping, np.ndarray(shape, dtype=space.dtype, buffer=mapping))
@@ -242,17 +298,18 @@ class VectorCore:
                 obs_parts.append(self._last_obs[index])
                 infos.append({})
             else:
-                values = reply_values(self._from_shm(index, reply), 3)
+                values = self._values(index, self._from_shm(index, reply), 3)
                 obs_parts.append(values[1])
                 infos.append(values[2])
         self._last_obs = obs_parts
-        return _batch.concat(obs_parts), _batch.merge_infos(infos, self.sizes)
+        obs = _batch.concat(obs_parts, self.single_observation_space)
+        return obs, _batch.merge_infos(infos, self.sizes)
 
     def join_step(self, replies: list[list[Any]]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        replies = [reply_values(self._from_shm(i, r), 6) for i, r in enumerate(replies)]
+        replies = [self._values(i, self._from_shm(i, r), 6) for i, r in enumerate(replies)]
         self._last_obs = [r[1] for r in replies]
         return (
-            _batch.concat([r[1] for r in replies]),
+            _batch.concat([r[1] for r in replies], self.single_observation_space),
             _batch.concat([r[2] for r in replies]),
             _batch.concat([r[3] for r in replies]),
             _batch.concat([r[4] for r in replies]),
@@ -277,7 +334,7 @@ class VectorCore:
     def join_tuples(self, replies: list[list[Any]]) -> tuple[Any, ...] | None:
         """Per-sub-env results (render) joined into one tuple; ``None`` if every worker
         answered ``None``."""
-        values = [reply_values(reply, 2)[1] for reply in replies]
+        values = [self._values(i, reply, 2)[1] for i, reply in enumerate(replies)]
         if all(value is None for value in values):
             return None
         joined: list[Any] = []
@@ -291,5 +348,15 @@ class VectorCore:
         return (None,) * self.num_envs if joined is None else joined
 
     def join_none(self, replies: list[list[Any]]) -> None:
-        for reply in replies:
-            reply_values(reply, 1)
+        for index, reply in enumerate(replies):
+            self._values(index, reply, 1)
+
+    def _values(self, index: int, reply: list[Any], length: int) -> list[Any]:
+        """Worker ``index``'s OK reply of ``length`` items, or raise what it stands for; the
+        env's own error goes through ``failed`` (fatal in ``vectorization_mode="async"``)."""
+        try:
+            return reply_values(reply, length)
+        except RemoteEnvError as exc:
+            self.at = index
+            self.failed(exc, "a call")
+            raise

@@ -23,6 +23,13 @@ code   Python type     payload
 Types are preserved exactly: dtypes, tuple vs list, ``np.int64`` vs ``int``, ``np.float32``
 scalars. Decoded arrays are writable copies owned by the caller.
 
+Nesting is bounded. Every extension type that holds values (tuple, set, GraphInstance, ...)
+is a msgpack document of its own, so decoding one nested in another recurses on the C stack,
+about 40 KB a level: a reply a few hundred levels deep would crash the host. ``MAX_DEPTH``
+levels of them are accepted; deeper input is a ``ValueError`` (the host reports it as a
+``ProtocolError``). The child's encoder sends what lies deeper as a ``RemoteObject``; the
+host's refuses it with ``NestingError``.
+
 Only the standard library, numpy and msgpack are imported here: the sandbox worker uses it.
 """
 
@@ -31,6 +38,7 @@ from __future__ import annotations
 import functools
 import json
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +46,10 @@ import msgpack
 import numpy as np
 
 __all__ = [
+    "MAX_DEPTH",
     "Decoder",
     "Encoder",
+    "NestingError",
     "RemoteObject",
     "UnsafeValueError",
     "array_at",
@@ -49,6 +59,10 @@ __all__ = [
 ]
 
 ND, SCALAR, TUPLE, BIGINT, SET, FROZENSET, COMPLEX, GRAPH, OPAQUE, OBJARRAY = range(1, 11)
+
+#: Extension values (tuples, sets, graphs, object arrays) nested in each other, at most.
+#: Plain lists and dicts do not count: msgpack walks those without recursing.
+MAX_DEPTH = 32
 
 _ExtType = msgpack.ExtType
 _tuple_new = tuple.__new__
@@ -67,6 +81,17 @@ _U16 = struct.Struct("<H")
 
 class UnsafeValueError(TypeError):
     """A value has no safe encoding (and the encoder was told not to make it opaque)."""
+
+
+class NestingError(ValueError):
+    """A value nests tuples, sets or other extension types deeper than ``MAX_DEPTH``."""
+
+
+def _too_deep(what: str) -> str:
+    return (
+        f"{what} nests tuples, sets, graphs or object arrays more than {MAX_DEPTH} levels "
+        "deep, which cannot cross the sandbox; flatten it (lists and dicts do not count)"
+    )
 
 
 @dataclass(frozen=True)
@@ -121,6 +146,7 @@ class Encoder:
 
     def __init__(self, *, opaque: bool = False) -> None:
         self._opaque = opaque
+        self._depth = 0  # extension values being packed, one inside the other
         # (id(dtype), shape) -> (dtype, header): ids are cheap to hash, the dtype check
         # guards against a reused id.
         self._headers: dict[tuple[int, tuple[int, ...]], tuple[Any, bytes]] = {}
@@ -162,8 +188,14 @@ class Encoder:
             self._packer.reset()
             raise
 
-    def _nested(self, items: Any) -> bytes:
+    def _nested(self, code: int, obj: Any, items: Any) -> Any:
+        """The extension value ``code`` of ``obj``, whose values are ``items``."""
+        if self._depth >= MAX_DEPTH:
+            if self._opaque:  # the child: what lies deeper travels as its type and repr
+                return self._opaque_value(obj)
+            raise NestingError(_too_deep(f"a {_type_name(obj)}"))
         values = list(items)
+        self._depth += 1
         try:
             packed = msgpack.packb(
                 values, default=self._default, strict_types=True, use_bin_type=True
@@ -172,10 +204,13 @@ class Encoder:
             packed = msgpack.packb(
                 _widen_ints(values), default=self._default, strict_types=True, use_bin_type=True
             )
-        return packed  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
+        return _ext(code, packed)
 
     def _opaque_value(self, obj: Any) -> Any:
-        return _ext(OPAQUE, self._nested((_type_name(obj), _safe_repr(obj))))
+        text = msgpack.packb([_type_name(obj), _safe_repr(obj)], use_bin_type=True)
+        return _ext(OPAQUE, text)
 
     def _default(self, obj: Any) -> Any:
         kind = type(obj)
@@ -184,7 +219,7 @@ class Encoder:
             cached = self._headers.get((id(dtype), obj.shape))
             if cached is None or cached[0] is not dtype:
                 if dtype.kind == "O":  # elements travel one by one, each through this codec
-                    return _ext(OBJARRAY, self._nested((list(obj.shape), list(obj.ravel()))))
+                    return self._nested(OBJARRAY, obj, (list(obj.shape), list(obj.ravel())))
                 if dtype.hasobject and self._opaque:
                     return self._opaque_value(obj)
                 cached = (dtype, _nd_header(obj))
@@ -200,8 +235,8 @@ class Encoder:
                 "edges",
                 "edge_links",
             ):
-                return _ext(GRAPH, self._nested(obj))
-            return _ext(TUPLE, self._nested(obj))
+                return self._nested(GRAPH, obj, obj)
+            return self._nested(TUPLE, obj, obj)
         if isinstance(obj, bool):
             return bool(obj)
         if isinstance(obj, int):
@@ -219,9 +254,9 @@ class Encoder:
         if isinstance(obj, _ndarray):  # an ndarray subclass: keep the data, drop the subclass
             return self._default(np.asarray(obj))
         if isinstance(obj, frozenset):
-            return _ext(FROZENSET, self._nested(obj))
+            return self._nested(FROZENSET, obj, obj)
         if isinstance(obj, set):
-            return _ext(SET, self._nested(obj))
+            return self._nested(SET, obj, obj)
         if isinstance(obj, complex):
             return _ext(COMPLEX, struct.pack("<2d", obj.real, obj.imag))
         if self._opaque:
@@ -272,8 +307,24 @@ def _widen_ints(value: Any) -> Any:
     return value
 
 
+class _Depth(threading.local):
+    """Extension values being decoded, one inside the other, in this thread."""
+
+    level = 0
+
+
+_depth = _Depth()
+
+
 def _nested_list(data: bytes) -> list[Any]:
-    value = msgpack.unpackb(data, ext_hook=_ext_hook, strict_map_key=False, raw=False)
+    depth = _depth
+    if depth.level >= MAX_DEPTH:
+        raise NestingError(_too_deep("the message"))
+    depth.level += 1
+    try:
+        value = msgpack.unpackb(data, ext_hook=_ext_hook, strict_map_key=False, raw=False)
+    finally:
+        depth.level -= 1
     if type(value) is not list:
         raise ValueError("extension payload is not an array")
     return value
@@ -306,9 +357,18 @@ _last_nd: tuple[bytes, tuple[np.dtype[Any], tuple[int, ...], int, int, bool]] = 
 )
 
 
-def array_at(data: bytes, start: int) -> np.ndarray[Any, Any]:
-    """The array whose ND extension payload fills ``data`` from ``start`` to its end (a
-    writable copy); ``ValueError`` if the payload is malformed."""
+#: Arrays from this size decoded from a ``bytearray`` payload (which the frame reader hands
+#: over for the caller to own) are views of it when aligned: no copy of a large observation.
+VIEW_MIN = 1 << 20
+
+
+def array_at(data: bytes | bytearray, start: int, end: int | None = None) -> np.ndarray[Any, Any]:
+    """The array whose ND extension payload fills ``data`` from ``start`` to ``end`` (its
+    end by default); ``ValueError`` if the payload is malformed.
+
+    The array is the caller's and writable: a copy, or for a large one in a ``bytearray``
+    (a payload the caller owns, from the frame reader) a view of it.
+    """
     global _last_nd
     head, parsed = _last_nd
     if data.startswith(head, start):  # its first two bytes are its length: all of it matched
@@ -319,18 +379,21 @@ def array_at(data: bytes, start: int) -> np.ndarray[Any, Any]:
         size = data[start] | data[start + 1] << 8
         if size < 5:
             raise ValueError("bad array header")
-        head = data[start : start + size]
+        head = bytes(data[start : start + size])
         cached = _nd_cache.get(head)
         parsed = _parse_nd_header(head) if cached is None else cached
         _last_nd = (head, parsed)
     dtype, shape, count, nbytes, flat = parsed
-    if len(data) - start - size != nbytes:
+    if (len(data) if end is None else end) - start - size != nbytes:
         raise ValueError("array payload size does not match its shape")
     if count == 0:
         return np.zeros(shape, dtype)
-    array: np.ndarray[Any, Any] = _frombuffer(data, dtype, count, start + size)
+    offset = start + size
+    array: np.ndarray[Any, Any] = _frombuffer(data, dtype, count, offset)
     if not flat:
         array = array.reshape(shape)
+    if nbytes >= VIEW_MIN and type(data) is bytearray and offset % dtype.alignment == 0:
+        return array
     return array.copy()  # type: ignore[no-any-return]
 
 
@@ -365,9 +428,11 @@ def _ext_hook(code: int, data: bytes) -> Any:
         for index, item in enumerate(items):  # one by one: equal-shape arrays must not merge
             array[index] = item
         return array.reshape(shape)
-    if code == OPAQUE:
-        type_name, text = _nested_list(data)
-        return RemoteObject(str(type_name), str(text))
+    if code == OPAQUE:  # two strings: no extension types inside, and no nesting to count
+        parts = msgpack.unpackb(data, raw=False)
+        if type(parts) is not list or len(parts) != 2:
+            raise ValueError("bad RemoteObject payload")
+        return RemoteObject(str(parts[0]), str(parts[1]))
     raise ValueError(f"unknown extension type {code}")
 
 

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import ProtocolError, RemoteEnvError
-from .codec import Encoder, UnsafeValueError, array_at, unpack
+from .codec import ND, Encoder, UnsafeValueError, array_at, unpack
 
 __all__ = [
     "MAX_FRAME",
@@ -66,6 +66,10 @@ MAX_PREAMBLE = 64 * 1024  # bytes tolerated before MAGIC (stdio transports only)
 MAKE, RESET, STEP, RENDER, CLOSE, SPACE_SAMPLE, SPACE_CONTAINS, PICKLED = range(1, 9)
 CALL, GET_ATTR, SET_ATTR = range(9, 12)  # vector envs: env.call / get_attr / set_attr
 SHM_SETUP = 12  # vector envs: [SHM_SETUP, nbytes] -> [OK, memfd number in the child]
+# The seals the child puts on that memfd, and the host requires before it maps it: the size
+# is fixed (a shrunk file would kill the host with SIGBUS), and so are the seals.
+# F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW (Linux's values; fcntl names them from 3.8 on).
+SHM_SEALS = 0x0001 | 0x0002 | 0x0004
 HELLO, OK, ERROR = 100, 101, 102
 OK_SHM = 103  # as OK, but the observations (item 1) are in the shared buffer, item 1 is None
 
@@ -87,8 +91,15 @@ def frame_header(size: int) -> bytes:
     return HEADER.pack(size)
 
 
+BIG_FRAME = 1 << 20  # payloads from this size are assembled in place, in a buffer of their own
+
+
 class FrameReader:
     """Turns received bytes into payloads. Feed it whatever a read returned.
+
+    A payload of ``BIG_FRAME`` bytes or more is copied once, into a ``bytearray`` of its
+    size made when its header arrives, and handed over as that ``bytearray``: a 250 MiB
+    reply costs the host 250 MiB, not a growing buffer plus two copies of it.
 
     Args:
         expect_magic: Wait for ``MAGIC`` before the first frame (the host side does).
@@ -100,14 +111,18 @@ class FrameReader:
         self._synced = not expect_magic
         self._max_frame = max_frame
         self._need = 0  # size of the frame being assembled, 0 if none
+        self._big: bytearray | None = None  # a large payload being assembled in place
+        self._filled = 0  # bytes of it received
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as a payload."""
-        return len(self._buffer)
+        return len(self._buffer) + self._filled
 
     def wanted(self) -> int:
         """How many more bytes would complete the frame in progress (at least 1)."""
+        if self._big is not None:
+            return max(1, len(self._big) - self._filled)
         if self._need:
             return max(1, self._need + 4 - len(self._buffer))
         return max(1, 4 - len(self._buffer))
@@ -115,21 +130,36 @@ class FrameReader:
     def whole(self, data: bytes) -> bytes | None:
         """The payload if ``data`` is exactly one whole frame and nothing is pending, else
         ``None`` (then ``feed`` it). The cheap path for a reply read in one piece."""
-        if self._buffer or not self._synced or len(data) < 4:
+        if self._buffer or self._big is not None or not self._synced or len(data) < 4:
             return None
         (size,) = HEADER.unpack_from(data)
         if len(data) != 4 + size or size > self._max_frame:
             return None
         return data[4:]
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | bytearray]:
         """Add ``data``; return the complete payloads now available, in order."""
+        payloads: list[bytes | bytearray] = []
+        big = self._big
+        if big is not None:
+            view = memoryview(data)
+            take = min(len(view), len(big) - self._filled)
+            big[self._filled : self._filled + take] = view[:take]
+            self._filled += take
+            if self._filled < len(big):
+                return payloads
+            payloads.append(big)
+            self._big, self._filled = None, 0
+            data = view[take:]
+            if not data:
+                return payloads
         buffer = self._buffer
         if self._synced and not buffer and len(data) >= 4:
             # Fast path: exactly one whole frame, the common case for a reply.
             (size,) = HEADER.unpack_from(data)
             if len(data) == 4 + size and size <= self._max_frame:
-                return [bytes(data[4:])]
+                payloads.append(bytes(data[4:]))
+                return payloads
         buffer += data
         if not self._synced:
             at = buffer.find(MAGIC)
@@ -139,10 +169,9 @@ class FrameReader:
                         "the sandbox wrote to the protocol stream before the worker started: "
                         f"{bytes(buffer[:200])!r}"
                     )
-                return []
+                return payloads
             del buffer[: at + len(MAGIC)]
             self._synced = True
-        payloads = []
         while len(buffer) >= 4:
             (size,) = HEADER.unpack_from(buffer)
             if size > self._max_frame:
@@ -152,9 +181,20 @@ class FrameReader:
                 )
             end = 4 + size
             if len(buffer) < end:
-                self._need = size
+                if size >= BIG_FRAME:  # assemble it in place from here on
+                    big = bytearray(size)
+                    with memoryview(buffer) as view:
+                        big[: len(buffer) - 4] = view[4:]
+                    self._big, self._filled = big, len(buffer) - 4
+                    buffer.clear()
+                    self._need = 0
+                else:
+                    self._need = size
                 break
-            payloads.append(bytes(buffer[4:end]))
+            with memoryview(buffer) as view:
+                payload = view[4:end]
+                payloads.append(bytearray(payload) if size >= BIG_FRAME else bytes(payload))
+                payload.release()
             del buffer[:end]
             self._need = 0
         return payloads
@@ -236,7 +276,7 @@ def step_packer(encoder: Encoder) -> Any:
     return pack
 
 
-def _unpack_step(payload: bytes) -> list[Any]:
+def _unpack_step(payload: bytes | bytearray) -> list[Any]:
     _, flags, kind, reward, size = _PACKED.unpack_from(payload)
     start = 16 + size
     info = unpack(payload[16:start]) if size else {}
@@ -251,14 +291,45 @@ def _unpack_step(payload: bytes) -> list[Any]:
     return [OK, array_at(payload, start), reward, terminated, truncated, info]
 
 
-def decode_message(payload: bytes) -> list[Any]:
+_EXT_AT = {0xC8: (">H", 3), 0xC9: (">I", 5)}  # ext 16/32: length format, type byte offset
+
+
+def _unpack_in_place(payload: bytes | bytearray) -> list[Any] | None:
+    """A large ``[kind, array, *rest]`` message with the array read straight from the
+    payload (msgpack would hand its extension hook a copy of it, to be copied again), or
+    ``None`` if the message is not of that form."""
+    head = payload[0]
+    if not 0x92 <= head <= 0x9F or payload[1] >= 0x80:  # a short list; a small int kind
+        return None
+    form = _EXT_AT.get(payload[2])
+    if form is None or payload[2 + form[1]] != ND:
+        return None
+    (length,) = struct.unpack_from(form[0], payload, 3)
+    start = 2 + form[1] + 1
+    end = start + length
+    array = array_at(payload, start, end)
+    rest = unpack(bytes([0x90 | (head & 0x0F) - 2]) + memoryview(payload)[end:])
+    return [payload[1], array, *rest]
+
+
+def _why(exc: Exception) -> str:
+    if type(exc).__name__ == "StackError":  # msgpack's, which says nothing itself
+        return "lists and dicts nested deeper than msgpack's limit of 1024 levels"
+    return repr(exc)
+
+
+def decode_message(payload: bytes | bytearray) -> list[Any]:
     """Decode one payload into a message list, or raise ``ProtocolError``."""
     try:
         if payload[0] == PACKED_STEP:
             return _unpack_step(payload)
-        message = unpack(payload)
+        message = None
+        if len(payload) >= BIG_FRAME:
+            message = _unpack_in_place(payload)
+        if message is None:
+            message = unpack(payload)
     except Exception as exc:
-        raise ProtocolError(f"malformed message from the sandbox: {exc!r}") from None
+        raise ProtocolError(f"malformed message from the sandbox: {_why(exc)}") from None
     if type(message) is not list or not message or type(message[0]) is not int:
         raise ProtocolError(f"malformed message from the sandbox: {message!r:.200}")
     return message

@@ -12,6 +12,7 @@ Only numpy and gymnasium are imported (lazily where versions differ): the worker
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,17 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["OpaqueSpace", "space_from_data", "space_to_data"]
+from .codec import MAX_DEPTH
+
+__all__ = ["OpaqueSpace", "space_from_data", "space_to_data", "stable_description"]
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def stable_description(text: str) -> str:
+    """``repr()`` text of a space without memory addresses (``<Mission object at 0x7f..>``
+    differs between two processes holding the same space)."""
+    return _ADDRESS.sub("", text)
 
 
 def _named(name: str) -> type[Any] | None:
@@ -59,7 +70,12 @@ def space_to_data(space: Any) -> dict[str, Any]:
             "dtype": np.dtype(space.dtype).str,
         }
     if kind == "Discrete":
-        return {"type": "Discrete", "n": int(space.n), "start": int(getattr(space, "start", 0))}
+        return {
+            "type": "Discrete",
+            "n": int(space.n),
+            "start": int(getattr(space, "start", 0)),
+            "dtype": np.dtype(space.dtype).str,
+        }
     if kind == "MultiBinary":
         n = space.n
         return {"type": "MultiBinary", "n": int(n) if np.ndim(n) == 0 else [int(v) for v in n]}
@@ -116,12 +132,16 @@ class OpaqueSpace(spaces.Space[Any]):
     """Stands for a sandbox space whose class the host cannot rebuild.
 
     ``contains`` and ``sample`` go through the sandbox when the owning env wires ``remote``
-    (``SandboxEnv`` does); without it, ``contains`` accepts anything (the sandbox still checks
-    when the action is used) and ``sample`` raises with a clear message.
+    (``SandboxEnv`` does, also for opaque spaces inside a ``Dict`` or ``Tuple``); without it,
+    ``contains`` accepts anything (the sandbox still checks when the action is used) and
+    ``sample`` raises with a clear message.
+
+    Two opaque spaces are equal when they name the same class and have the same description,
+    so the same env in two sandboxes has equal spaces.
 
     Attributes:
         name: The qualified class name of the space in the sandbox.
-        description: ``repr()`` of the space in the sandbox.
+        description: ``repr()`` of the space in the sandbox, without memory addresses.
     """
 
     def __init__(
@@ -133,7 +153,7 @@ class OpaqueSpace(spaces.Space[Any]):
     ) -> None:
         super().__init__(shape=shape, dtype=dtype)
         self.name = name
-        self.description = description
+        self.description = stable_description(description)
         self.remote_sample: Callable[[], Any] | None = None
         self.remote_contains: Callable[[Any], bool] | None = None
 
@@ -159,6 +179,13 @@ class OpaqueSpace(spaces.Space[Any]):
     def __repr__(self) -> str:
         return f"OpaqueSpace({self.description})"
 
+    def describes(self, space: Any) -> bool:
+        """Whether ``space`` (a real space, say in this process) is the one this stands for:
+        the same qualified class name and the same description."""
+        kind = type(space)
+        name = f"{kind.__module__}.{kind.__qualname__}"
+        return (name, stable_description(repr(space)[:500])) == (self.name, self.description)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, OpaqueSpace) and (other.name, other.description) == (
             self.name,
@@ -169,14 +196,34 @@ class OpaqueSpace(spaces.Space[Any]):
         return hash((self.name, self.description))
 
 
-def space_from_data(data: dict[str, Any]) -> Any:
-    """Rebuild a space described by ``space_to_data`` (runs on the host)."""
+def _discrete(n: int, start: int, dtype: str | None) -> Any:
+    """A ``Discrete`` of the sandbox's dtype (gymnasium >= 1.1 has one; older ones are int64)."""
+    if dtype is None or np.dtype(dtype) == np.int64:
+        return spaces.Discrete(n, start=start)
+    try:
+        return spaces.Discrete(n, start=start, dtype=np.dtype(dtype))
+    except TypeError:  # this gymnasium's Discrete has no dtype: int64 it is
+        return spaces.Discrete(n, start=start)
+
+
+def space_from_data(data: dict[str, Any], depth: int = 0) -> Any:
+    """Rebuild a space described by ``space_to_data`` (runs on the host).
+
+    ``ValueError`` for spaces nested more than ``MAX_DEPTH`` levels deep: the description
+    comes from the sandbox, and rebuilding recurses.
+    """
+    if depth > MAX_DEPTH:
+        raise ValueError(
+            f"the sandbox describes a space nested more than {MAX_DEPTH} levels deep "
+            "(Dict, Tuple, Sequence, Graph or OneOf inside each other)"
+        )
+    depth += 1
     kind = data["type"]
     if kind == "Box":
         low, high = data["low"], data["high"]
         return spaces.Box(low=low, high=high, shape=np.shape(low), dtype=np.dtype(data["dtype"]))
     if kind == "Discrete":
-        return spaces.Discrete(int(data["n"]), start=int(data["start"]))
+        return _discrete(int(data["n"]), int(data["start"]), data.get("dtype"))
     if kind == "MultiBinary":
         return spaces.MultiBinary(data["n"])
     if kind == "MultiDiscrete":
@@ -190,19 +237,20 @@ def space_from_data(data: dict[str, Any]) -> Any:
         )
     if kind == "Dict":
         # An OrderedDict keeps the sandbox's key order (a plain dict would be sorted).
-        items = ((key, space_from_data(sub)) for key, sub in data["spaces"])
+        items = ((key, space_from_data(sub, depth)) for key, sub in data["spaces"])
         return spaces.Dict(OrderedDict(items))
     if kind == "Tuple":
-        return spaces.Tuple(tuple(space_from_data(sub) for sub in data["spaces"]))
+        return spaces.Tuple(tuple(space_from_data(sub, depth) for sub in data["spaces"]))
     if kind == "Sequence":
-        return spaces.Sequence(space_from_data(data["space"]), stack=data["stack"])
+        return spaces.Sequence(space_from_data(data["space"], depth), stack=data["stack"])
     if kind == "Graph":
         edge = data["edge"]
         return spaces.Graph(
-            space_from_data(data["node"]), None if edge is None else space_from_data(edge)
+            space_from_data(data["node"], depth),
+            None if edge is None else space_from_data(edge, depth),
         )
     if kind == "OneOf" and _named("OneOf") is not None:
-        return spaces.OneOf(tuple(space_from_data(sub) for sub in data["spaces"]))
+        return spaces.OneOf(tuple(space_from_data(sub, depth) for sub in data["spaces"]))
     shape = data.get("shape")
     dtype = data.get("dtype")
     return OpaqueSpace(

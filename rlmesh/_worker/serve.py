@@ -12,7 +12,7 @@ import os
 import platform
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from .._version import __version__
@@ -188,6 +188,7 @@ class Worker:
         The host maps the same memory through ``/proc/<our pid>/fd/<fd>``. A memfd has no
         name in any filesystem: nothing can leak when either side dies.
         """
+        import fcntl
         import mmap
 
         import numpy
@@ -199,8 +200,12 @@ class Worker:
         shape, dtype = tuple(space.shape), numpy.dtype(space.dtype)
         if int(numpy.prod(shape)) * dtype.itemsize != nbytes:
             raise ValueError(f"observations take {shape} x {dtype}, not {nbytes} bytes")
-        fd = os.memfd_create("rlmesh-obs", os.MFD_CLOEXEC)
+        fd = os.memfd_create("rlmesh-obs", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(fd, nbytes)
+        # Sealed at its size: the env shares this process and could otherwise shrink the
+        # file under the host's mapping, and the host's next read of it would die of SIGBUS.
+        # The host refuses a memfd without these seals.
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, P.SHM_SEALS)
         self._shm_map = mmap.mmap(fd, nbytes)
         self._shm = numpy.ndarray(shape, dtype=dtype, buffer=self._shm_map)
         self._shm_fd = fd
@@ -220,16 +225,21 @@ class Worker:
     def _render(self) -> list[Any]:
         return [P.OK, self.env.render()]
 
-    def _space(self, which: str) -> Any:
+    def _space(self, which: str, path: Sequence[Any]) -> Any:
+        """The env's ``which`` space, or the one ``path`` leads to inside it (Dict keys,
+        Tuple and OneOf indices)."""
         if which not in ("action", "observation"):
             raise ValueError(f"unknown space {which!r}")
-        return getattr(self.env, f"{which}_space")
+        space = getattr(self.env, f"{which}_space")
+        for key in path:
+            space = space.spaces[key]
+        return space
 
-    def _sample(self, which: str) -> list[Any]:
-        return [P.OK, self._space(which).sample()]
+    def _sample(self, which: str, path: Sequence[Any] = ()) -> list[Any]:
+        return [P.OK, self._space(which, path).sample()]
 
-    def _contains(self, which: str, value: Any) -> list[Any]:
-        return [P.OK, bool(self._space(which).contains(value))]
+    def _contains(self, which: str, value: Any, path: Sequence[Any] = ()) -> list[Any]:
+        return [P.OK, bool(self._space(which, path).contains(value))]
 
     def _call(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> list[Any]:
         if self._vector:

@@ -32,6 +32,12 @@ class Weird(spaces.Space):
     def contains(self, x: Any) -> bool:
         return isinstance(x, (int, np.integer)) and 10 <= int(x) < 20
 
+    def __eq__(self, other: object) -> bool:  # as custom spaces should (vector envs compare)
+        return isinstance(other, Weird)
+
+    def __hash__(self) -> int:
+        return hash(Weird)
+
 
 class Unserialisable:
     def __repr__(self) -> str:
@@ -76,6 +82,20 @@ def _probe(options: dict) -> dict:
     return result
 
 
+def _deep_reply(depth: int) -> bytes:
+    """A whole step-reply frame whose observation is a tuple nested ``depth`` deep, built
+    by hand (ext type 3 is rlmesh's tuple): what a hostile env could forge."""
+    import struct
+
+    import msgpack
+
+    data = msgpack.packb([])
+    for _ in range(depth):
+        data = msgpack.packb([msgpack.ExtType(3, data)])
+    payload = msgpack.packb([101, msgpack.ExtType(3, data), 0.0, False, False, {}])
+    return struct.pack("<I", len(payload)) + payload
+
+
 class FaultyEnv(gym.Env):
     """Steps fine, or misbehaves according to ``mode``:
 
@@ -94,6 +114,8 @@ class FaultyEnv(gym.Env):
     evil        step() returns an info value whose unpickling would run code
     probe       reset() reports what the sandbox lets it do (files, network, pid)
     spin        step() burns CPU for ``factor`` seconds (default 600)
+    deep        step() returns an info holding a tuple nested ``factor`` deep (default 300)
+    deepframe   step() writes a reply nested 200 tuples deep (938 bytes) into every pipe
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -160,6 +182,16 @@ class FaultyEnv(gym.Env):
             hog[::4096] = b"x" * len(hog[::4096])
         if self.mode == "evil":
             return np.zeros(2, np.float32), 0.0, False, False, {"evil": Evil()}
+        if self.mode == "deep":
+            deep: Any = ()
+            for _ in range(int(self.factor or 300)):
+                deep = (deep,)
+            return np.zeros(2, np.float32), 0.0, False, False, {"deep": deep, "t": self.t}
+        if self.mode == "deepframe":
+            frame = _deep_reply(200)
+            for fd in _pipes():
+                with contextlib.suppress(OSError):
+                    os.write(fd, frame)
         if self.mode == "print":
             print("hello from print", self.t)
             sys.stderr.write(f"hello from stderr {self.t}\n")
@@ -202,3 +234,184 @@ class ImageEnv(gym.Env):
 
 
 gym.register("rlmesh_test/Image-v0", entry_point=ImageEnv)
+
+
+def _memfds() -> list[int]:
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{name}").startswith("/memfd:rlmesh-obs"):
+                fds.append(int(name))
+    return fds
+
+
+class ShrinkingEnv(ImageEnv):
+    """A hostile env: its steps shrink the shared-memory file the worker puts observations
+    in, and if that worked, forge a reply that sends the host to read it (which kills a
+    host that maps an unsealed file with SIGBUS)."""
+
+    def step(self, action: Any):
+        obs, reward, terminated, truncated, info = super().step(action)
+        outcomes = []
+        for fd in _memfds():
+            try:
+                os.ftruncate(fd, 0)
+            except OSError as exc:
+                outcomes.append(f"refused: {exc.strerror}")
+                continue
+            outcomes.append("shrunk")
+            from rlmesh._wire.codec import Encoder
+
+            n = 2  # the test's num_envs
+            zeros, no = np.zeros(n), np.zeros(n, bool)
+            payload = Encoder(opaque=True).encode([103, None, zeros, no, no, {}])  # OK_SHM
+            for pipe in _pipes():
+                with contextlib.suppress(OSError):
+                    os.write(pipe, len(payload).to_bytes(4, "little") + payload)
+        return obs, reward, terminated, truncated, {**info, "shrink": ", ".join(outcomes)}
+
+
+gym.register("rlmesh_test/Shrinking-v0", entry_point=ShrinkingEnv)
+
+
+class BigEnv(gym.Env):
+    """Observations of ``nbytes`` bytes of ``dtype``: for the host's memory per reply."""
+
+    def __init__(self, nbytes: int = 1 << 20, dtype: str = "uint8") -> None:
+        self.dtype = np.dtype(dtype)
+        count = nbytes // self.dtype.itemsize
+        self.observation_space = spaces.Box(0, 100, shape=(count,), dtype=self.dtype)
+        self.action_space = spaces.Discrete(2)
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.full(self.observation_space.shape, 1, self.dtype), {}
+
+    def step(self, action: Any):
+        self.t += 1
+        return np.full(self.observation_space.shape, 2, self.dtype), 1.0, False, False, {}
+
+
+gym.register("rlmesh_test/Big-v0", entry_point=BigEnv)
+
+
+class Int32Env(gym.Env):
+    """Discrete spaces of dtype int32 (gymnasium >= 1.1), and int32 observations."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Discrete(5, start=1, dtype=np.int32)
+        self.action_space = spaces.Discrete(3, dtype=np.int32)
+        self.state = np.int32(1)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.state = self.observation_space.dtype.type(self.np_random.integers(1, 6))
+        return self.state, {}
+
+    def step(self, action: Any):
+        assert self.action_space.contains(action), action
+        self.state = self.observation_space.dtype.type(1 + (int(self.state) + int(action)) % 5)
+        return self.state, 1.0, False, False, {}
+
+
+gym.register("rlmesh_test/Int32-v0", entry_point=Int32Env)
+
+
+class MissionSpace(spaces.Space):
+    """Like MiniGrid's: strings from a fixed set, a space class with no standard base and
+    the default repr (which holds a memory address)."""
+
+    MISSIONS = ("get the red key", "open the door", "go to the goal")
+
+    def __init__(self) -> None:
+        super().__init__(shape=None, dtype=None)
+
+    def sample(self, mask: Any = None, probability: Any = None) -> str:
+        return self.MISSIONS[int(self.np_random.integers(len(self.MISSIONS)))]
+
+    def contains(self, x: Any) -> bool:
+        return isinstance(x, str) and x in self.MISSIONS
+
+
+class MissionEnv(gym.Env):
+    """A MiniGrid-like env: a Dict observation with an image, a direction and a mission
+    string in a custom space; Discrete actions."""
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        self.render_mode = render_mode
+        self.observation_space = spaces.Dict(
+            {
+                "image": spaces.Box(0, 255, (3, 3, 3), np.uint8),
+                "direction": spaces.Discrete(4),
+                "mission": MissionSpace(),
+            }
+        )
+        self.action_space = spaces.Discrete(3)
+        self.t = 0
+
+    def _obs(self) -> dict:
+        mission = MissionSpace.MISSIONS[self.t % 3]
+        image = np.full((3, 3, 3), self.t % 256, np.uint8)
+        return {"image": image, "direction": np.int64(self.t % 4), "mission": mission}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t = int(self.np_random.integers(0, 3))
+        return self._obs(), {}
+
+    def step(self, action: Any):
+        self.t += int(action) + 1
+        return self._obs(), float(action), self.t > 40, False, {}
+
+
+gym.register("rlmesh_test/Mission-v0", entry_point=MissionEnv)
+
+
+def _kinds_space(kind: str) -> Any:
+    if kind == "text":
+        return spaces.Text(6, min_length=1, charset="abcdef")
+    if kind == "sequence":
+        return spaces.Sequence(spaces.Discrete(4))
+    if kind == "graph":
+        return spaces.Graph(spaces.Box(0, 1, (2,), np.float32), spaces.Discrete(3))
+    if kind == "oneof":
+        return spaces.OneOf((spaces.Discrete(2), spaces.Box(0, 1, (2,), np.float32)))
+    if kind == "custom":
+        return Weird()
+    raise ValueError(kind)
+
+
+class KindsEnv(gym.Env):
+    """Observations that batch as tuples in a vector env (Text, Graph, Sequence, OneOf, a
+    custom space, a mission string) and an action space of the kind ``action`` names."""
+
+    def __init__(self, action: str = "text") -> None:
+        self.observation_space = spaces.Dict(
+            {
+                "mission": spaces.Text(12, min_length=1, charset="abcdefgh "),
+                "graph": _kinds_space("graph"),
+                "seq": _kinds_space("sequence"),
+                "choice": _kinds_space("oneof"),
+                "custom": _kinds_space("custom"),
+                "pos": spaces.Box(-1, 1, (2,), np.float32),
+            }
+        )
+        self.action_space = _kinds_space(action)
+
+    def _obs(self) -> dict:
+        for space in self.observation_space.spaces.values():
+            space.seed(int(self.np_random.integers(2**31)))
+        return {key: space.sample() for key, space in self.observation_space.spaces.items()}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        return self._obs(), {}
+
+    def step(self, action: Any):
+        assert self.action_space.contains(action), action
+        return self._obs(), 1.0, bool(self.np_random.random() < 0.1), False, {}
+
+
+gym.register("rlmesh_test/Kinds-v0", entry_point=KindsEnv)
