@@ -132,3 +132,36 @@ def test_a_startup_timeout_during_a_build_suggests_what_to_do(tmp_path: object) 
 def test_an_opengl_failure_suggests_mujoco_gl() -> None:
     with pytest.raises(SandboxStartupError, match=r"MUJOCO_GL"):
         SandboxEnv("rlmesh_test_envs.gl:rlmesh_test/NeedsGL-v0", **TEST_ENVS)
+
+
+# -- the old gym API -------------------------------------------------------------------------
+
+OLD_GYM = {"packages": [*TEST_ENVS["packages"], "gym==0.23.1", "numpy<2"]}
+OLD_ID = "rlmesh_test_envs.oldgym:rlmesh_test/OldApi-v0"
+
+
+def test_an_old_gym_env_runs_behind_the_gymnasium_api() -> None:
+    with SandboxEnv(OLD_ID, **OLD_GYM) as env:
+        assert env.sandbox.packages["gym"] == "0.23.1"
+        assert env.observation_space == gym.spaces.Box(-100.0, 100.0, (2,), np.float32)
+        assert env.action_space == gym.spaces.Discrete(2)
+        obs, info = env.reset(seed=7)
+        assert info == {} and obs[0] == 0.0
+        assert data_equivalence(env.reset(seed=7)[0], obs, exact=True)  # seed() was used
+        results = [env.step(1) for _ in range(5)]
+        assert all(len(r) == 5 for r in results)
+        assert [r[2] for r in results] == [False] * 5  # not done by the env itself...
+        assert [r[3] for r in results] == [False] * 4 + [True]  # ...but by gym's TimeLimit
+        assert results[0][4] == {"t": 1}
+
+
+def test_an_old_gym_env_goal_reached_is_terminated() -> None:
+    with SandboxEnv(OLD_ID, goal=3, **OLD_GYM) as env:
+        env.reset(seed=0)
+        assert [env.step(0)[2] for _ in range(3)] == [False, False, True]
+
+
+def test_an_old_gym_env_as_a_vector_env() -> None:
+    with SandboxVectorEnv(OLD_ID, num_envs=2, **OLD_GYM) as env:
+        obs, _ = env.reset(seed=[1, 2])
+        assert obs.shape == (2, 2) and env.step(np.array([1, 0]))[0][:, 0].tolist() == [1, 1]

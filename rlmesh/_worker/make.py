@@ -40,9 +40,20 @@ def _spec_data(env: Any) -> dict[str, Any] | None:
 
 
 def _make_gym(source: dict[str, Any], kwargs: dict[str, Any], vector: Any) -> Any:
-    """A Gymnasium registry id: ``gymnasium.make``, or ``make_vec`` for a vector env."""
+    """A Gymnasium registry id: ``gymnasium.make``, or ``make_vec`` for a vector env. An id
+    only the old ``gym`` package registered runs behind Gymnasium's API (``old_gym``)."""
     import gymnasium
 
+    old = _old_gym_maker(gymnasium, source["id"])
+    if old is not None:
+        if vector is None:
+            return old(kwargs)
+        mode = vector.get("autoreset_mode")
+        extra: dict[str, Any] = {}
+        if mode is not None:
+            extra["autoreset_mode"] = gymnasium.vector.AutoresetMode(mode)
+        makers = [lambda: old(kwargs)] * int(vector["num_envs"])
+        return gymnasium.vector.SyncVectorEnv(makers, **extra)
     if vector is None:
         return gymnasium.make(source["id"], **kwargs)
     vector_kwargs: dict[str, Any] = {}
@@ -155,6 +166,17 @@ def _make_hf(source: dict[str, Any], kwargs: dict[str, Any], vector: Any) -> Any
         f"make_env() of {name} returned {type(result).__name__}; it must return a "
         "gymnasium.Env, a gymnasium.vector.VectorEnv, {suite: env} or {suite: {task: env}}"
     )
+
+
+def _old_gym_maker(gymnasium: Any, env_id: str) -> Any:
+    """A maker for an id that only the old ``gym`` package registered, else ``None``."""
+    try:
+        gymnasium.spec(env_id)
+        return None
+    except gymnasium.error.Error:  # unknown to Gymnasium: NameNotFound, NamespaceNotFound, ...
+        from .old_gym import old_gym_maker
+
+        return old_gym_maker(env_id)
 
 
 # source kind -> maker(source request, make kwargs, vector request or None) -> env
