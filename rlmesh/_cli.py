@@ -67,6 +67,19 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lock(args: argparse.Namespace) -> int:
+    from ._env import SandboxEnv
+
+    with SandboxEnv(args.source, **_config.cli_options(args)) as env:
+        info = env.sandbox
+    print(f"# the packages of the sandbox for {info.resolved_source} (venv {info.venv_key});")
+    print("# pass this file's path in packages=[...] to build the same sandbox again")
+    for name, version in sorted(info.packages.items()):
+        if name != "rlmesh":  # rlmesh goes in by rlmesh_package, not by packages
+            print(f"{name}=={version}")
+    return 0
+
+
 def _cache_path(args: argparse.Namespace) -> int:
     print(_cache.cache_dir())
     return 0
@@ -165,6 +178,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     _config.add_cli_arguments(prepare, startup_timeout=PREPARE_TIMEOUT)
     prepare.set_defaults(func=_prepare)
+    lock = sandbox_commands.add_parser(
+        "lock", help="print the exact versions a sandbox holds, as a requirements file"
+    )
+    lock.add_argument("source", help="as for prepare")
+    _config.add_cli_arguments(lock, startup_timeout=PREPARE_TIMEOUT)
+    lock.set_defaults(func=_lock)
 
     cache = commands.add_parser("cache", help="the cache of sandbox venvs")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True)

@@ -98,3 +98,15 @@ def test_doctor(cache: Path) -> None:
     out = rlmesh("doctor")
     assert "[ok] uv: uv " in out and f"[ok] cache: {cache}" in out
     assert "backend venv" in out
+
+
+def test_a_lock_rebuilds_the_same_sandbox(cache: Path, tmp_path: Path) -> None:
+    """`rlmesh sandbox lock` prints what a sandbox holds; the file, as packages, gives it back."""
+    out = rlmesh("sandbox", "lock", "CartPole-v1", "--package", "gymnasium==1.3.0")
+    pins = dict(line.split("==") for line in out.splitlines() if not line.startswith("#"))
+    assert pins["gymnasium"] == "1.3.0" and "numpy" in pins and "rlmesh" not in pins
+    lock = tmp_path / "sandbox.lock.txt"
+    lock.write_text(out)
+    with SandboxEnv("CartPole-v1", packages=[str(lock)]) as env:
+        held = {k: v for k, v in env.sandbox.packages.items() if k != "rlmesh"}
+    assert held == pins

@@ -77,10 +77,27 @@ def dist_version(name: str) -> str | None:
         return None
 
 
+def requirements_file(item: str) -> Path | None:
+    """``item`` as a requirements file (a lock): an existing local path ending in ``.txt``."""
+    path = Path(item)
+    return path if item.endswith(".txt") and path.is_absolute() and path.is_file() else None
+
+
+def requirement_lines(path: Path) -> list[str]:
+    """The requirements a requirements file lists (comments and blank lines left out)."""
+    lines = (line.split(" #")[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
 def requirement_names(items: list[str]) -> set[str]:
-    """Canonical names of the distributions that ``items`` name (local paths have none yet)."""
+    """Canonical names of the distributions that ``items`` name, requirements files included
+    (local packages have none until they are built)."""
     names: set[str] = set()
+    expanded: list[str] = []
     for item in items:
+        listed = requirements_file(item)
+        expanded += requirement_lines(listed) if listed else [item]
+    for item in expanded:
         try:
             names.add(canonicalize_name(Requirement(item).name))
         except InvalidRequirement:

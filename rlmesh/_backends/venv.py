@@ -48,7 +48,7 @@ from .._version import __version__
 from .._wire.protocol import PROTOCOL_VERSION
 from . import payload
 from . import venv_cache as _cache
-from .payload import dist_version, sandbox_requirements
+from .payload import dist_version, requirements_file, sandbox_requirements
 from .process import ChildProcess, bwrap_command, spawn_worker
 from .python import find_interpreter
 
@@ -347,7 +347,8 @@ async def _build(reqs: list[str], inputs: dict[str, Any], tmp: Path, progress: _
         payload.copy_child(tmp / "lib" / f"python{minor}" / "site-packages")
     python = str(tmp / "bin" / "python")
     progress.say(f"installing {' '.join(reqs)}")
-    await _install(progress, ["--python", python, *reqs], f"installing {' '.join(reqs)}")
+    args = [arg for item in reqs for arg in (["-r", item] if requirements_file(item) else [item])]
+    await _install(progress, ["--python", python, *args], f"installing {' '.join(reqs)}")
     if item["mode"] == "install":
         target = item["target"]
         await _install(progress, ["--no-deps", "--python", python, target],
