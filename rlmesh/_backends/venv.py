@@ -4,7 +4,7 @@ A sandbox venv lives at ``<cache>/venvs/<key>`` (layout and locks: ``_cache``). 
 everything that changes what gets installed: the interpreter (real path and version), uv's
 version, the normalised requirement set (with the content hash of local wheels and project
 directories), the rlmesh that goes in, and the protocol version. Construction kwargs and
-``render_mode`` are not part of it.
+``render_mode`` and ``env`` are not part of it.
 
 A build runs under the key's exclusive lock, in a temporary directory beside the final one,
 and is published with one atomic rename after a completion marker is written, so a build
@@ -47,7 +47,7 @@ from .._wire.protocol import PROTOCOL_VERSION
 from . import payload
 from . import venv_cache as _cache
 from .payload import dist_version, sandbox_requirements
-from .process import ChildProcess, bwrap_command, spawn_worker
+from .process import ChildProcess, bwrap_command, bwrap_environment, spawn_worker
 
 __all__ = ["Venv", "VenvBackend", "ensure_venv", "key_inputs", "venv_key"]
 
@@ -340,11 +340,14 @@ async def _build(reqs: list[str], inputs: dict[str, Any], tmp: Path, progress: _
                       "the installed packages do not import together")  # fmt: skip
 
 
-def _child_env(venv_path: str) -> dict[str, str]:
-    env = dict(os.environ)
+def _child_env(venv_path: str, options: Options) -> dict[str, str]:
+    """The sandbox's environment: the host's (a plain child) or a minimal one (bwrap, where
+    the host's secrets must stay out), then the venv, then the ``env`` option."""
+    env = bwrap_environment() if options.isolation == "bwrap" else dict(os.environ)
     env["VIRTUAL_ENV"] = venv_path
     env["PATH"] = os.pathsep.join([os.path.join(venv_path, "bin"), env.get("PATH", "")])
     env.pop("PYTHONHOME", None)
+    env.update(options.env)
     return env
 
 
@@ -366,13 +369,13 @@ class VenvBackend:
         wrapper: list[str] = []
         if bwrap:
             keep = [str(venv.path), os.path.realpath(sys.base_prefix), *resolved.mounts]
-            wrapper = bwrap_command([p for p in keep if p.startswith("/tmp")])
+            wrapper = bwrap_command(keep)
         try:  # the child inherits the venv's in-use lock, so no prune removes it meanwhile
             return await anyio.to_thread.run_sync(
                 lambda: spawn_worker(
                     venv.python,
                     label=label,
-                    env=_child_env(str(venv.path)),
+                    env=_child_env(str(venv.path), options),
                     keep_fds=(venv.in_use_fd,),
                     worker_args=worker_args,
                     wrapper=wrapper,
