@@ -220,3 +220,43 @@ def test_the_env_option_is_checked_and_stays_out_of_the_cache_key() -> None:
     line = ["sandbox", "prepare", "CartPole-v1", "--env", "MUJOCO_GL=egl", "--env", "A=b=c"]
     given = _config.cli_options(_cli._parser().parse_args(line))
     assert _config.check_options(given).env == {"A": "b=c", "MUJOCO_GL": "egl"}
+
+
+# -- build-time code (item 10) ------------------------------------------------------------
+
+BUILD_HOOK = """
+import os
+from hatchling.builders.hooks.plugin.interface import BuildHookInterface
+
+
+class Witness(BuildHookInterface):
+    def initialize(self, version, build_data):
+        with open(os.environ["RLMESH_TEST_BUILD_WITNESS"], "w") as handle:
+            handle.write(os.environ.get("AWS_SECRET_ACCESS_KEY", "no secret"))
+"""
+
+
+@needs_bwrap
+def test_build_time_code_runs_on_the_host_even_under_bwrap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What docs/reliability.md says: a package's build code runs unsandboxed, as you."""
+    project = tmp_path / f"witness-{uuid.uuid4().hex[:8]}"
+    (project / "rlmesh_witness").mkdir(parents=True)
+    (project / "rlmesh_witness" / "__init__.py").write_text("")
+    (project / "hatch_build.py").write_text(BUILD_HOOK)
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
+        '[project]\nname = "rlmesh-witness"\nversion = "0.1.0"\n'
+        '[tool.hatch.build.targets.wheel]\npackages = ["rlmesh_witness"]\n'
+        '[tool.hatch.build.hooks.custom]\npath = "hatch_build.py"\n'
+    )
+    witness = Path("/var/tmp") / f"rlmesh-build-witness-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("RLMESH_TEST_BUILD_WITNESS", str(witness))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "visible-at-build-time")
+    try:
+        with SandboxEnv("CartPole-v1", packages=[str(project)], isolation="bwrap") as env:
+            env.reset(seed=0)
+        assert witness.read_text() == "visible-at-build-time"  # outside /tmp, with the secret
+    finally:
+        witness.unlink(missing_ok=True)
