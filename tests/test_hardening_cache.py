@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from rlmesh._backends import venv
 from rlmesh.numpy import SandboxEnv
 
 needs_bwrap = pytest.mark.skipif(
@@ -260,3 +263,65 @@ def test_build_time_code_runs_on_the_host_even_under_bwrap(
         assert witness.read_text() == "visible-at-build-time"  # outside /tmp, with the secret
     finally:
         witness.unlink(missing_ok=True)
+
+
+# -- local packages: FIFOs, devices, large files (item 7) ---------------------------------
+
+HASH = "import sys; from pathlib import Path; from rlmesh._backends.venv import _hash_tree; " \
+       "print(_hash_tree(Path(sys.argv[1])))"  # fmt: skip
+
+
+def test_fifos_and_devices_in_a_local_package_are_skipped_not_read(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "module.py").write_text("x = 1\n")
+    os.mkfifo(project / "events.fifo")
+    (project / "zeros").symlink_to("/dev/zero")  # reading it would never end
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(project / "control.sock"))
+    try:
+        done = subprocess.run([sys.executable, "-c", HASH, str(project)],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    finally:
+        listener.close()
+    assert done.returncode == 0, done.stderr
+    (project / "events.fifo").unlink()
+    (project / "zeros").unlink()
+    (project / "control.sock").unlink()
+    assert done.stdout.strip() == venv._hash_tree(project)  # only regular files count
+
+
+def test_local_files_are_hashed_once_and_large_ones_keyed_by_size_and_mtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    small, large = project / "small.py", project / "weights.bin"
+    small.write_text("x = 1\n")
+    large.write_bytes(b"\0" * (venv.LARGE_FILE + 1))
+    first = venv._hash_tree(project)
+    digests = []
+    real_sha256 = venv.hashlib.sha256
+
+    def counting_sha256(*args: Any) -> Any:
+        digests.append(args)
+        return real_sha256(*args)
+
+    monkeypatch.setattr(venv.hashlib, "sha256", counting_sha256)
+    assert venv._hash_tree(project) == first
+    assert len(digests) == 1  # the tree's own digest: no file was read again
+    monkeypatch.undo()
+
+    times = large.stat()
+    with large.open("r+b") as handle:  # same size, mtime set back: a large file's content
+        handle.write(b"\1")  # is not read, so this does not count
+    os.utime(large, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert venv._hash_tree(project) == first
+    os.utime(large, ns=(times.st_atime_ns, times.st_mtime_ns + 10**9))
+    assert venv._hash_tree(project) != first
+
+    before = venv._hash_tree(project)
+    times = small.stat()
+    small.write_text("x = 2\n")  # same size, mtime set back: a small file's content counts
+    os.utime(small, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert venv._hash_tree(project) != before

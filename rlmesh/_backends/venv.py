@@ -3,8 +3,9 @@
 A sandbox venv lives at ``<cache>/venvs/<key>`` (layout and locks: ``_cache``). The key hashes
 everything that changes what gets installed: the interpreter (real path and version), uv's
 version, the normalised requirement set (with the content hash of local wheels and project
-directories), the rlmesh that goes in, and the protocol version. Construction kwargs and
-``render_mode`` and ``env`` are not part of it.
+directories: regular files only, each read once per process, and files over ``LARGE_FILE``
+keyed by size and mtime), the rlmesh that goes in, and the protocol version. Construction
+kwargs, ``render_mode`` and ``env`` are not part of it.
 
 A build runs under the key's exclusive lock, in a temporary directory beside the final one,
 and is published with one atomic rename after a completion marker is written, so a build
@@ -30,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import sys
 import time
 import uuid
@@ -65,6 +67,9 @@ _NETWORK_HINTS = (
     "timed out",
     "could not connect",
 )
+LARGE_FILE = 16 << 20  # a local file this big is keyed by its size and mtime, not read
+_DIGESTS_KEPT = 65536  # content hashes memoised by stat fingerprint (then forgotten at once)
+_digests: dict[tuple[int, ...], str] = {}
 _SKIP_DIRS = {"__pycache__", ".git", "build", "dist", ".nox", ".venv", ".tox"}
 
 
@@ -94,16 +99,45 @@ def _normalise(item: str) -> str:
     return str(req)
 
 
+def _stat_key(info: os.stat_result) -> tuple[int, ...]:
+    # ctime moves on every change of content and cannot be set back, unlike mtime
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
 def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    """Content hash of a regular file (``SandboxBuildError`` for anything else).
+
+    Memoised by the file's stat fingerprint, so an unchanged file is read once per process;
+    a file over ``LARGE_FILE`` bytes is keyed by its size and mtime alone, never read.
+    """
+    try:
+        info = os.stat(path)
+        if stat.S_ISREG(info.st_mode) and info.st_size > LARGE_FILE:
+            return f"size {info.st_size} mtime {info.st_mtime_ns}"
+        known = _digests.get(_stat_key(info))
+        if known is not None:
+            return known
+        # O_NONBLOCK: if the file was swapped for a FIFO, opening it must not wait
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SandboxBuildError(f"cannot read the local package file {path}: {exc}") from None
+    with open(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SandboxBuildError(f"the local package file {path} is not a regular file")
+        digest = hashlib.sha256()
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    if len(_digests) >= _DIGESTS_KEPT:
+        _digests.clear()
+    _digests[_stat_key(info)] = digest.hexdigest()
     return digest.hexdigest()
 
 
 def _hash_tree(root: Path) -> str:
-    """Content hash of a local project directory (build outputs and caches left out)."""
+    """Hash of a local project directory: its regular files (build outputs and caches left
+    out). FIFOs, sockets and devices, and links to them, are skipped: they are not package
+    content, and reading one could block forever or never end."""
     digest = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(
@@ -111,8 +145,13 @@ def _hash_tree(root: Path) -> str:
         )
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            digest.update(str(path.relative_to(root)).encode() + b"\0")
-            digest.update(_hash_file(path).encode())
+            try:
+                regular = stat.S_ISREG(path.stat().st_mode)
+            except OSError:  # a dangling link
+                regular = False
+            if regular:
+                digest.update(str(path.relative_to(root)).encode() + b"\0")
+                digest.update(_hash_file(path).encode())
     return digest.hexdigest()
 
 
