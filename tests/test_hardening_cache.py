@@ -9,6 +9,8 @@ these tests.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import socket
@@ -19,10 +21,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
-from rlmesh._backends import venv
-from rlmesh.numpy import SandboxEnv
+from rlmesh import SandboxBuildError
+from rlmesh._backends import venv, venv_cache
+from rlmesh._backends.venv_cache import MARKER
+from rlmesh.numpy import AsyncSandboxEnv, SandboxEnv
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.faults]
 
 needs_bwrap = pytest.mark.skipif(
     shutil.which("bwrap") is None and os.environ.get("CI") != "true",
@@ -74,6 +81,7 @@ gym.register("rlmesh_hardening/Probe-v0", entry_point=Probe)
 
 
 SESSION_CACHE = Path(os.environ["RLMESH_CACHE_DIR"])  # set by conftest; tests may move it
+RLMESH = str(Path(sys.executable).parent / "rlmesh")
 
 
 def probe_package() -> str:
@@ -263,6 +271,230 @@ def test_build_time_code_runs_on_the_host_even_under_bwrap(
         assert witness.read_text() == "visible-at-build-time"  # outside /tmp, with the secret
     finally:
         witness.unlink(missing_ok=True)
+
+
+# -- the cache: trust, damage, read-only, bad markers (items 11, 12, 16, 18) --------------
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache that holds one freshly built venv (the probe's), for tests to copy."""
+    root = tmp_path_factory.mktemp("pristine") / "rlmesh"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RLMESH_CACHE_DIR", str(root))
+        with SandboxEnv(PROBE_ID, **probe_options()) as env:
+            env.reset()
+    return root
+
+
+@pytest.fixture
+def cache(pristine: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the pristine cache (times kept, as ``cp -a`` keeps them), used by this test."""
+    root = tmp_path / "rlmesh"
+    shutil.copytree(pristine, root, symlinks=True)
+    monkeypatch.setenv("RLMESH_CACHE_DIR", str(root))
+    return root
+
+
+def the_venv(cache: Path) -> Path:
+    [path] = [p for p in (cache / "venvs").iterdir() if not p.name.startswith(".")]
+    return path
+
+
+def numpy_init(venv_path: Path) -> Path:
+    return next(venv_path.glob("lib/python*/site-packages/numpy/__init__.py"))
+
+
+def rlmesh(*args: str, code: int = 0) -> str:
+    result = subprocess.run(
+        [RLMESH, *args], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "RLMESH_SANDBOX_ECHO": "0"},
+    )  # fmt: skip
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stdout + result.stderr
+
+
+def use_probe() -> dict[str, Any]:
+    return run_probe("import os\nresult['tampered'] = os.environ.get('RLMESH_TAMPERED', '')")
+
+
+def edit(venv_path: Path) -> None:
+    with numpy_init(venv_path).open("a") as handle:
+        handle.write("\n# tampered\n")
+
+
+def add_pth(venv_path: Path) -> None:  # a .pth file runs at every start of the venv's python
+    pth = numpy_init(venv_path).parent.parent / "evil.pth"
+    pth.write_text("import os; os.environ['RLMESH_TAMPERED'] = 'yes'\n")
+
+
+def remove(venv_path: Path) -> None:
+    numpy_init(venv_path).unlink()
+
+
+def open_up(venv_path: Path) -> None:  # anyone may now write the file
+    path = numpy_init(venv_path)
+    path.chmod(path.stat().st_mode | 0o022)
+
+
+TAMPERS = {"edit": edit, "add_pth": add_pth, "remove": remove, "open_up": open_up}
+
+
+@pytest.mark.parametrize("tamper", TAMPERS)
+def test_a_tampered_venv_is_found_and_rebuilt_before_any_sandbox_uses_it(
+    cache: Path, tamper: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="rlmesh.build")
+    path = the_venv(cache)
+    pristine_numpy = numpy_init(path).read_bytes()
+    TAMPERS[tamper](path)
+    assert use_probe()["tampered"] == ""
+    log = "\n".join(r.getMessage() for r in caplog.records)
+    assert "changed since it was built" in log and "building sandbox venv" in log
+    assert numpy_init(path).read_bytes() == pristine_numpy
+    assert not list(path.glob("lib/python*/site-packages/evil.pth"))
+
+
+def test_a_tampered_venv_in_use_is_refused_then_rebuilt_once_free(cache: Path) -> None:
+    with SandboxEnv(PROBE_ID, **probe_options()) as running:
+        running.reset()
+        edit(the_venv(cache))
+        with pytest.raises(SandboxBuildError, match=r"(?s)numpy/__init__.py changed.*running"):
+            SandboxEnv(PROBE_ID, **probe_options())
+    assert use_probe() == {"tampered": ""}  # now free: rebuilt
+
+
+def test_cache_verify_doctor_and_prune_damaged(cache: Path) -> None:
+    key = the_venv(cache).name
+    assert "1 venvs checked, 0 damaged" in rlmesh("cache", "verify")
+    assert "[ok] cache venvs: all 1 as built" in rlmesh("doctor")
+    edit(the_venv(cache))
+    out = rlmesh("cache", "verify", code=1)
+    assert f"DAMAGED {key}" in out and "numpy/__init__.py changed since the build" in out
+    assert "[FAIL] cache venvs: 1 of 1 damaged" in rlmesh("doctor", code=1)
+    assert f"removed {key}" in rlmesh("cache", "prune", "--damaged")
+    assert not (cache / "venvs" / key).exists()
+
+
+@as_root
+def test_a_venv_planted_by_another_user_is_refused(cache: Path) -> None:
+    path = the_venv(cache)
+    subprocess.run(["chown", "-R", "65534:65534", str(path)], check=True)
+    with pytest.raises(SandboxBuildError, match=rf"(?s){path}: it belongs to uid 65534.*rm -rf"):
+        SandboxEnv(PROBE_ID, **probe_options())
+
+
+def test_a_symlinked_venv_is_refused(cache: Path, tmp_path: Path) -> None:
+    path = the_venv(cache)
+    elsewhere = tmp_path / "elsewhere"
+    path.rename(elsewhere)
+    path.symlink_to(elsewhere)
+    with pytest.raises(SandboxBuildError, match=rf"{path}: it is a symbolic link"):
+        SandboxEnv(PROBE_ID, **probe_options())
+
+
+@pytest.mark.parametrize("where", ["cache", "venvs", "venv"])
+def test_a_cache_that_others_can_write_is_refused(cache: Path, where: str) -> None:
+    path = {"cache": cache, "venvs": cache / "venvs", "venv": the_venv(cache)}[where]
+    path.chmod(path.stat().st_mode | 0o022)
+    with pytest.raises(SandboxBuildError, match="other user"):
+        SandboxEnv(PROBE_ID, **probe_options())
+
+
+CREATE_AND_STEP = """
+import sys
+from rlmesh.numpy import SandboxEnv
+with SandboxEnv(sys.argv[1], packages=sys.argv[2:], imports=["rlmesh_hardening_probe"]) as env:
+    env.reset(seed=0)
+    env.step(0)
+print("OK")
+"""
+
+
+@needs_bwrap
+def test_a_read_only_cache_of_finished_venvs_is_usable(cache: Path) -> None:
+    """The "prepare on a node image" workflow: the cache is mounted read-only."""
+
+    def create(*packages: str) -> subprocess.CompletedProcess[str]:
+        read_only = ["bwrap", "--dev-bind", "/", "/", "--ro-bind", str(cache), str(cache), "--"]
+        return subprocess.run(
+            [*read_only, sys.executable, "-c", CREATE_AND_STEP, PROBE_ID, probe_package(),
+             *packages],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "RLMESH_SANDBOX_ECHO": "0"},
+        )  # fmt: skip
+
+    done = create()
+    assert done.returncode == 0 and done.stdout.strip() == "OK", done.stderr
+    missing = create("msgpack>=1.0,!=0.0.16")  # a venv the cache does not hold
+    assert missing.returncode == 1
+    assert "cannot be written here" in missing.stderr and "rlmesh sandbox prepare" in missing.stderr
+
+
+BAD_MARKERS = {
+    "not-json": "{",
+    "a-list": "[]",
+    "a-string": '"done"',
+    "odd-fields": json.dumps({"created": "yesterday", "inputs": [], "source": 3}),
+    "odd-requirements": json.dumps({"inputs": {"requirements": "gymnasium"}, "created": True}),
+}
+
+
+def test_bad_markers_do_not_crash_list_verify_doctor_or_prune(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "rlmesh"
+    monkeypatch.setenv("RLMESH_CACHE_DIR", str(root))
+    for name, text in BAD_MARKERS.items():
+        (root / "venvs" / name).mkdir(parents=True)
+        (root / "venvs" / name / MARKER).write_text(text)
+    (root / "venvs" / "no-marker").mkdir()
+    listed = {row["key"]: row for row in json.loads(rlmesh("cache", "list", "--json"))}
+    assert set(listed) == {*BAD_MARKERS, "no-marker"}
+    assert all(row["problem"] for row in listed.values())
+    assert "DAMAGED" in rlmesh("cache", "list")
+    assert "6 venvs checked, 6 damaged" in rlmesh("cache", "verify", code=1)
+    assert "[FAIL] cache venvs: 6 of 6 damaged" in rlmesh("doctor", code=1)
+    assert "6 removed" in rlmesh("cache", "prune", "--all")
+    assert not [p for p in (root / "venvs").iterdir() if not p.name.startswith(".")]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_listing_probe_never_makes_a_starting_sandbox_rebuild(
+    cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``cache list`` probes each venv with a brief exclusive lock; a sandbox starting right
+    then used to take the venv for gone, delete it and build it again."""
+    caplog.set_level(logging.INFO, logger="rlmesh.build")
+    path = the_venv(cache)
+    built = (path / MARKER).stat().st_ino
+    blocked = anyio.Event()
+    real = venv_cache.try_build_lock
+
+    def observed(key: str) -> int | None:
+        fd = real(key)
+        if fd is None:
+            blocked.set()  # the start found the build lock held: it waits for the probe
+        return fd
+
+    monkeypatch.setattr(venv_cache, "try_build_lock", observed)
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as group:
+            started: list[AsyncSandboxEnv] = []
+
+            async def start() -> None:
+                started.append(await AsyncSandboxEnv.create(PROBE_ID, **probe_options()))
+
+            with venv_cache.probe_in_use(path) as in_use:
+                assert not in_use
+                group.start_soon(start)
+                await blocked.wait()
+        await started[0].reset()
+        await started[0].aclose()
+    assert (path / MARKER).stat().st_ino == built
+    assert not any("building" in r.getMessage() for r in caplog.records)
 
 
 # -- local packages: FIFOs, devices, large files (item 7) ---------------------------------

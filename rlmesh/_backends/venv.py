@@ -9,7 +9,9 @@ kwargs, ``render_mode`` and ``env`` are not part of it.
 
 A build runs under the key's exclusive lock, in a temporary directory beside the final one,
 and is published with one atomic rename after a completion marker is written, so a build
-killed at any moment leaves nothing a later run mistakes for a finished venv.
+killed at any moment leaves nothing a later run mistakes for a finished venv. The marker
+holds a manifest of the venv's files; every start checks it (``_cache.damage``) and rebuilds
+a venv that changed since its build, or refuses one that a running sandbox still uses.
 
 Packages are *copied* from uv's cache (``--link-mode=copy``), never hard-linked: code in one
 sandbox that writes into its own site-packages cannot change uv's cache or another sandbox.
@@ -56,7 +58,7 @@ __all__ = ["Venv", "VenvBackend", "ensure_venv", "key_inputs", "venv_key"]
 log = logging.getLogger("rlmesh.build")
 
 OFFLINE_ENV = "RLMESH_OFFLINE"
-LAYOUT = 2  # bump when the venv layout changes in a way old venvs cannot serve
+LAYOUT = 3  # bump when the venv layout changes in a way old venvs cannot serve
 HEARTBEAT = 2.0  # seconds between "still building" messages
 _NETWORK_HINTS = (
     "failed to fetch",
@@ -298,35 +300,103 @@ async def ensure_venv(options: Options, resolved: Resolved, label: str) -> Venv:
     """Return the sandbox venv for these options (in use until ``in_use_fd`` is closed).
 
     Builds it once if it is not cached; concurrent callers, in this process or others, wait
-    for that one build and reuse it.
+    for that one build and reuse it. A cached venv whose files changed since its build is
+    rebuilt (or refused while in use, or in a read-only cache); a cache another user could
+    write is refused.
     """
-    inputs = key_inputs(options, resolved)
+    inputs = await anyio.to_thread.run_sync(key_inputs, options, resolved)
     key = venv_key(inputs)
     final = _cache.venvs_dir() / key
-    fd = _cache.open_in_use(final)
-    if fd is not None:
-        return Venv(final, key, fd)
-    lock = await _acquire_build_lock(key)
+    _cache.check_trusted(final)
     try:
         fd = _cache.open_in_use(final)
-        if fd is None:
-            await _build_and_publish(options, resolved, label, inputs, key, final)
-            fd = _cache.open_in_use(final)
+    except BlockingIOError:
+        fd = None  # pruned or probed right now: look again under the build lock
+    if fd is not None and await _damage(final, fd) is None:
+        return Venv(final, key, fd)
+    lock = await _acquire_build_lock(key)  # None: the cache is read-only
+    try:
+        fd = await _wait_in_use(final)
+        if fd is not None:
+            problem = await _damage(final, fd)
+            if problem is None:
+                return Venv(final, key, fd)
+            _discard_damaged(final, problem, label, read_only=lock is None)
+        elif lock is None:
+            raise SandboxBuildError(
+                f"the sandbox cache {final.parent} cannot be written here (read-only, or not "
+                f"yours) and holds no venv for {label!r} (key {key}): build it where the cache "
+                f"is writable ('rlmesh sandbox prepare' with the same options), or point "
+                f"{_cache.CACHE_ENV} at a directory you can write",
+                source=label,
+            )
+        await _build_and_publish(options, resolved, label, inputs, key, final)
+        fd = await _wait_in_use(final)
         if fd is None:
             raise SandboxBuildError(f"the sandbox venv {final} vanished right after its build")
     finally:
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)
     return Venv(final, key, fd)
 
 
-async def _acquire_build_lock(key: str) -> int:
+async def _damage(final: Path, fd: int) -> str | None:
+    """``_cache.damage(final)``; closes the in-use ``fd`` unless the venv is sound."""
+    try:
+        problem = await anyio.to_thread.run_sync(_cache.damage, final)
+    except BaseException:  # cancelled (startup_timeout) or failed: the venv is not in use
+        os.close(fd)
+        raise
+    if problem is not None:
+        os.close(fd)
+    return problem
+
+
+def _discard_damaged(final: Path, problem: str, label: str, *, read_only: bool) -> None:
+    what = f"the sandbox venv {final} changed since it was built ({problem})"
+    if read_only:
+        raise SandboxBuildError(
+            f"{what}, and the cache cannot be written here, so it cannot be rebuilt: rebuild "
+            f"it where the cache is writable ('rlmesh sandbox prepare'; copy a cache with "
+            f"'cp -a', which keeps file times), or point {_cache.CACHE_ENV} elsewhere",
+            source=label,
+        )
+    if not _cache.discard(final):
+        raise SandboxBuildError(
+            f"{what}; a running sandbox uses it, so it is not rebuilt under that sandbox: close "
+            f"the sandboxes that use it ('rlmesh cache list' shows it in use) and start again, "
+            f"which rebuilds it",
+            source=label,
+        )
+    _Progress(label).say(f"{what}: removed it, rebuilding")
+
+
+async def _acquire_build_lock(key: str) -> int | None:
+    """The build lock of ``key`` (waiting for another build), or ``None`` for a read-only
+    cache."""
     delay = 0.01
     while True:
-        fd = _cache.try_build_lock(key)
+        try:
+            fd = _cache.try_build_lock(key)
+        except OSError as exc:
+            if _cache.read_only(exc):
+                return None
+            raise
         if fd is not None:
             return fd
         await anyio.sleep(delay)  # another build of this key runs (bounded by startup_timeout)
         delay = min(delay * 2, 0.2)
+
+
+async def _wait_in_use(final: Path) -> int | None:
+    """``open_in_use``, waiting out a brief exclusive hold (a listing's probe)."""
+    delay = 0.01
+    while True:
+        try:
+            return _cache.open_in_use(final)
+        except BlockingIOError:
+            await anyio.sleep(delay)  # bounded by startup_timeout
+            delay = min(delay * 2, 0.2)
 
 
 async def _build_and_publish(
@@ -335,15 +405,18 @@ async def _build_and_publish(
     root = final.parent
     for stale in root.glob(f".tmp-{key}-*"):  # dead builds of this key: we hold the lock
         shutil.rmtree(stale, ignore_errors=True)
-    if final.exists():  # not complete, yet not ours: a foreign leftover
+    if final.exists() and not _cache.is_complete(final):  # a foreign leftover, never in use
         shutil.rmtree(final, ignore_errors=True)
     tmp = root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
     progress = _Progress(label)
     progress.say(f"building sandbox venv (key {key})")
     try:
         await _build(sandbox_requirements(options, resolved), inputs, tmp, progress)
-        marker = {"key": key, "source": label, "created": time.time(), "inputs": inputs}
-        (tmp / _cache.MARKER).write_text(json.dumps(marker, indent=2))
+        files = await anyio.to_thread.run_sync(_cache.manifest, tmp)
+        marker = {
+            "key": key, "source": label, "created": time.time(), "inputs": inputs, "files": files,
+        }  # fmt: skip
+        (tmp / _cache.MARKER).write_text(json.dumps(marker))
         os.rename(tmp, final)
     except BaseException:
         with anyio.CancelScope(shield=True):
