@@ -104,7 +104,16 @@ def _cache_prune(args: argparse.Namespace) -> int:
     if not args.all and args.older_than is None and not args.damaged:
         print("nothing selected: pass --all, --damaged or --older-than DURATION (e.g. 7d); "
               "leftovers of dead builds are removed either way", file=sys.stderr)  # fmt: skip
-    removed = _cache.prune(older_than=args.older_than, everything=args.all, damaged=args.damaged)
+    try:
+        removed = _cache.prune(
+            older_than=args.older_than, everything=args.all, damaged=args.damaged
+        )
+    except OSError as exc:
+        if not _cache.read_only(exc):
+            raise
+        print(f"rlmesh: error: the cache {_cache.venvs_dir()} cannot be written here "
+              f"({exc.strerror}): prune it where it is writable", file=sys.stderr)  # fmt: skip
+        return 1
     for key in removed:
         print(f"removed {key}")
     kept = [e for e in _cache.list_entries() if e.in_use]

@@ -416,20 +416,26 @@ print("OK")
 def test_a_read_only_cache_of_finished_venvs_is_usable(cache: Path) -> None:
     """The "prepare on a node image" workflow: the cache is mounted read-only."""
 
+    def read_only(*command: str) -> subprocess.CompletedProcess[str]:
+        mount = ["bwrap", "--dev-bind", "/", "/", "--ro-bind", str(cache), str(cache), "--"]
+        return subprocess.run([*mount, *command], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "RLMESH_SANDBOX_ECHO": "0"})  # fmt: skip
+
     def create(*packages: str) -> subprocess.CompletedProcess[str]:
-        read_only = ["bwrap", "--dev-bind", "/", "/", "--ro-bind", str(cache), str(cache), "--"]
-        return subprocess.run(
-            [*read_only, sys.executable, "-c", CREATE_AND_STEP, PROBE_ID, probe_package(),
-             *packages],
-            capture_output=True, text=True, timeout=120,
-            env={**os.environ, "RLMESH_SANDBOX_ECHO": "0"},
-        )  # fmt: skip
+        return read_only(
+            sys.executable, "-c", CREATE_AND_STEP, PROBE_ID, probe_package(), *packages
+        )
 
     done = create()
     assert done.returncode == 0 and done.stdout.strip() == "OK", done.stderr
     missing = create("msgpack>=1.0,!=0.0.16")  # a venv the cache does not hold
     assert missing.returncode == 1
     assert "cannot be written here" in missing.stderr and "rlmesh sandbox prepare" in missing.stderr
+    listed = read_only(RLMESH, "cache", "list", "--json")
+    assert listed.returncode == 0 and the_venv(cache).name in listed.stdout, listed.stderr
+    pruned = read_only(RLMESH, "cache", "prune", "--all")
+    assert pruned.returncode == 1 and "cannot be written here" in pruned.stderr
+    assert "Traceback" not in pruned.stderr and the_venv(cache).is_dir()
 
 
 BAD_MARKERS = {
