@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import _config
 from ._backends import venv_cache as _cache
+from ._backends import venv_integrity
 from ._errors import SandboxError
 from ._version import __version__
 
@@ -126,7 +127,7 @@ def _cache_prune(args: argparse.Namespace) -> int:
 def _damaged() -> tuple[int, list[tuple[_cache.CacheEntry, str]]]:
     """How many venvs there are, and those whose files changed since their build."""
     entries = _cache.list_entries()
-    found = [(e, problem) for e in entries if (problem := e.problem or _cache.damage(e.path))]
+    found = [(e, why) for e in entries if (why := e.problem or venv_integrity.damage(e.path))]
     return len(entries), found
 
 

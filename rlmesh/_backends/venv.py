@@ -10,7 +10,7 @@ kwargs, ``render_mode`` and ``env`` are not part of it.
 A build runs under the key's exclusive lock, in a temporary directory beside the final one,
 and is published with one atomic rename after a completion marker is written, so a build
 killed at any moment leaves nothing a later run mistakes for a finished venv. The marker
-holds a manifest of the venv's files; every start checks it (``_cache.damage``) and rebuilds
+holds a manifest of the venv's files; every start checks it (``_integrity.damage``) and rebuilds
 a venv that changed since its build, or refuses one that a running sandbox still uses.
 
 Packages are *copied* from uv's cache (``--link-mode=copy``), never hard-linked: code in one
@@ -50,6 +50,7 @@ from .._errors import SandboxBuildError
 from .._wire.protocol import PROTOCOL_VERSION
 from . import payload
 from . import venv_cache as _cache
+from . import venv_integrity as _integrity
 from .payload import dist_version, sandbox_requirements
 from .process import ChildProcess, bwrap_command, bwrap_environment, spawn_worker
 
@@ -341,9 +342,9 @@ async def ensure_venv(options: Options, resolved: Resolved, label: str) -> Venv:
 
 
 async def _damage(final: Path, fd: int) -> str | None:
-    """``_cache.damage(final)``; closes the in-use ``fd`` unless the venv is sound."""
+    """``_integrity.damage(final)``; closes the in-use ``fd`` unless the venv is sound."""
     try:
-        problem = await anyio.to_thread.run_sync(_cache.damage, final)
+        problem = await anyio.to_thread.run_sync(_integrity.damage, final)
     except BaseException:  # cancelled (startup_timeout) or failed: the venv is not in use
         os.close(fd)
         raise
@@ -412,7 +413,7 @@ async def _build_and_publish(
     progress.say(f"building sandbox venv (key {key})")
     try:
         await _build(sandbox_requirements(options, resolved), inputs, tmp, progress)
-        files = await anyio.to_thread.run_sync(_cache.manifest, tmp)
+        files = await anyio.to_thread.run_sync(_integrity.manifest, tmp)
         marker = {
             "key": key, "source": label, "created": time.time(), "inputs": inputs, "files": files,
         }  # fmt: skip

@@ -19,9 +19,9 @@ the build lock first, so a start that finds a venv busy waits for the build lock
 mistakes a listing's probe for a venv that is gone.
 
 Trust: a venv's python runs as whoever starts the sandbox, so the cache directories and the
-venv must be writable by nobody else (``unsafe_reason``), and the venv's files must be as the
-build left them (``damage``: each file's size and mtime against the manifest). A cache that
-is read-only (a prepared node image) is used as it is: locks and last-use touches give way.
+venv must be writable by nobody else (``check_trusted``), and the venv's files must be as the
+build left them (``venv_integrity.damage``). A cache that is read-only (a prepared node
+image) is used as it is: locks and last-use touches give way.
 """
 
 from __future__ import annotations
@@ -29,11 +29,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import functools
-import json
 import os
 import shutil
-import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -42,31 +39,28 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import SandboxBuildError
+from .venv_integrity import MARKER, damage, read_marker, unsafe_reason
 
 __all__ = [
+    "MARKER",
     "CacheEntry",
     "build_lock",
     "cache_dir",
     "check_trusted",
-    "damage",
     "discard",
     "list_entries",
     "make_dirs",
-    "manifest",
     "open_in_use",
     "probe_in_use",
     "prune",
     "read_only",
-    "unsafe_reason",
     "venvs_dir",
 ]
 
 CACHE_ENV = "RLMESH_CACHE_DIR"
-MARKER = "rlmesh-sandbox.json"
 IN_USE = ".rlmesh-in-use"
 LAST_USED = ".rlmesh-last-used"
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)  # what a read-only cache answers
-_STARTUP_HOOKS = ("sitecustomize", "usercustomize")  # run by python at every start
 
 
 def cache_dir() -> Path:
@@ -106,42 +100,6 @@ def make_dirs(path: Path) -> None:
 # -- trust ------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1)
-def _unmapped_uid() -> int | None:
-    """The uid that stands for "not mapped here" (root's files included) inside a user
-    namespace (a rootless container, bwrap); ``None`` in the initial namespace."""
-    try:
-        if Path("/proc/self/uid_map").read_text().split() == ["0", "0", "4294967295"]:
-            return None
-        return int(Path("/proc/sys/kernel/overflowuid").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _trusted_owner(uid: int) -> bool:
-    return uid in (os.geteuid(), 0, _unmapped_uid())
-
-
-def unsafe_reason(path: Path, *, follow: bool = False, sticky_ok: bool = False) -> str | None:
-    """Why a user other than you (or root) could change what is at ``path``; ``None`` if none
-    can (or it does not exist). A symbolic link is refused unless ``follow``; ``sticky_ok``
-    (for the parents of the cache) allows a sticky directory such as ``/tmp``. In a user
-    namespace, the unmapped owner that root's files show there counts as root."""
-    try:
-        info = os.lstat(path)
-        if stat.S_ISLNK(info.st_mode):
-            if not follow:
-                return f"it is a symbolic link (to {os.readlink(path)})"
-            info = os.stat(path)
-    except FileNotFoundError:
-        return None
-    if not _trusted_owner(info.st_uid):
-        return f"it belongs to uid {info.st_uid}, neither you (uid {os.geteuid()}) nor root"
-    if info.st_mode & 0o022 and not (sticky_ok and info.st_mode & stat.S_ISVTX):
-        return f"users other than its owner may write to it (mode {stat.filemode(info.st_mode)})"
-    return None
-
-
 def _refuse(path: Path, reason: str, fix: str) -> SandboxBuildError:
     return SandboxBuildError(
         f"refusing the sandbox cache at {path}: {reason}, so another user could change the "
@@ -173,89 +131,6 @@ def check_trusted(venv: Path | None = None) -> None:
                 f"Remove it (rm -rf {venv}, as its owner or root) and the next sandbox builds "
                 f"its own, {own}",
             )  # fmt: skip
-
-
-def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Every entry under ``root`` (links not followed): its path relative to ``root``."""
-    pending = [""]
-    while pending:
-        relative = pending.pop()
-        with os.scandir(root / relative if relative else root) as entries:
-            for entry in entries:
-                name = f"{relative}/{entry.name}" if relative else entry.name
-                info = entry.stat(follow_symlinks=False)
-                yield name, info
-                if stat.S_ISDIR(info.st_mode):
-                    pending.append(name)
-
-
-def _fingerprint(path: str | Path, info: os.stat_result) -> list[Any]:
-    """What the manifest keeps of a file: size and whole-second mtime (so a copy that keeps
-    times, such as ``cp -a`` or an image layer, still matches), or a link's target."""
-    if stat.S_ISLNK(info.st_mode):
-        return ["link", os.readlink(path)]
-    return [info.st_size, int(info.st_mtime)]
-
-
-def manifest(venv: Path) -> dict[str, list[Any]]:
-    """Record a freshly built venv's files (and make them writable by their owner only)."""
-    files = {}
-    for name, info in _walk(venv):
-        if info.st_mode & 0o022 and not stat.S_ISLNK(info.st_mode):
-            os.chmod(venv / name, stat.S_IMODE(info.st_mode) & ~0o022)
-        if not stat.S_ISDIR(info.st_mode):
-            files[name] = _fingerprint(venv / name, info)
-    return files
-
-
-def _read_marker(venv: Path) -> tuple[dict[str, Any], str | None]:
-    try:
-        marker = json.loads((venv / MARKER).read_text())
-    except FileNotFoundError:
-        return {}, "it has no completion marker"
-    except (OSError, ValueError) as exc:
-        return {}, f"its completion marker cannot be read ({exc})"
-    if not isinstance(marker, dict):
-        return {}, "its completion marker is not a JSON object"
-    if not isinstance(marker.get("files"), dict):
-        return marker, "its completion marker has no manifest of its files"
-    return marker, None
-
-
-def damage(venv: Path) -> str | None:
-    """What changed in a finished venv since its build, or ``None`` if nothing did.
-
-    Checks every file of the manifest (size, mtime, owner, mode) and that no file appeared at
-    the top of site-packages, where a ``.pth`` or ``sitecustomize`` would run at every start.
-    Files added deeper (bytecode compiled on first import, an env's own caches) are allowed.
-    """
-    marker, problem = _read_marker(venv)
-    if problem:
-        return problem
-    files: dict[str, Any] = marker["files"]
-    base = f"{venv}/"  # string joins: this loop runs over every file at every start
-    for name, recorded in files.items():
-        path = base + str(name)
-        try:
-            info = os.lstat(path)
-            now = _fingerprint(path, info)
-        except FileNotFoundError:
-            return f"{name} is missing"
-        except OSError as exc:
-            return f"{name} cannot be checked ({exc.strerror})"
-        if now != recorded:
-            return f"{name} changed since the build"
-        writable = info.st_mode & 0o022 and not stat.S_ISLNK(info.st_mode)
-        if writable or not _trusted_owner(info.st_uid):
-            return f"{name} may be written by another user"
-    for site in venv.glob("lib/python*/site-packages"):
-        with os.scandir(site) as entries:
-            for entry in entries:
-                name = str((site / entry.name).relative_to(venv))
-                hook = entry.name.split(".")[0] in _STARTUP_HOOKS
-                if name not in files and (hook or not entry.is_dir(follow_symlinks=False)):
-                    return f"{name} appeared after the build"
-    return None
 
 
 # -- locks ------------------------------------------------------------------------------------
@@ -431,7 +306,7 @@ def _number(value: Any, default: float) -> float:
 
 def _entry(path: Path) -> CacheEntry:
     problem = unsafe_reason(path)
-    marker, marker_problem = _read_marker(path)
+    marker, marker_problem = read_marker(path)
     problem = problem or marker_problem
     try:
         mtime = path.lstat().st_mtime
