@@ -51,8 +51,9 @@ from .._wire.protocol import PROTOCOL_VERSION
 from . import payload
 from . import venv_cache as _cache
 from . import venv_integrity as _integrity
+from .bwrap import bwrap_command, bwrap_environment
 from .payload import dist_version, sandbox_requirements
-from .process import ChildProcess, bwrap_command, bwrap_environment, spawn_worker
+from .process import ChildProcess, spawn_worker
 
 __all__ = ["Venv", "VenvBackend", "ensure_venv", "key_inputs", "venv_key"]
 
