@@ -402,6 +402,21 @@ def test_a_cache_that_others_can_write_is_refused(cache: Path, where: str) -> No
         SandboxEnv(PROBE_ID, **probe_options())
 
 
+@needs_bwrap
+def test_bwrap_runs_a_venv_that_lives_in_the_hidden_home_directory(
+    pristine: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default cache is ~/.cache/rlmesh: hiding home must bind the venv back."""
+    root = Path.home() / f".cache/rlmesh-test-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(pristine, root, symlinks=True)
+    monkeypatch.setenv("RLMESH_CACHE_DIR", str(root))
+    try:
+        seen = run_probe("import sys\nresult['prefix'] = sys.prefix", isolation="bwrap")
+        assert seen["prefix"].startswith(str(root))
+    finally:
+        shutil.rmtree(root)
+
+
 CREATE_AND_STEP = """
 import sys
 from rlmesh.numpy import SandboxEnv
