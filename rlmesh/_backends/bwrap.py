@@ -116,8 +116,9 @@ def bwrap_command(keep: Sequence[str] = (), cwd: str = "/tmp") -> list[str]:
     namespaces, no capabilities, and dies with the host. It sees the whole filesystem
     read-only, except: a fresh writable ``/tmp``; home directories and ``/run`` empty (and
     read-only); every unix socket the host listens on (``/proc/net/unix``) replaced by an
-    unconnectable file; and, on a root host, the files of ``/etc`` that only root may read
-    emptied. ``keep`` are paths (the venv, the interpreter) bound read-only again on top of
+    unconnectable file; and, on a root host, the files and directories of ``/etc`` that only
+    root may read covered (by ``/dev/null``, unreadable there, and empty directories).
+    ``keep`` are paths (the venv, the interpreter) bound read-only again on top of
     what is hidden, in case they live there. Pair it with ``bwrap_environment()``.
     """
     binary = shutil.which("bwrap")
