@@ -1,4 +1,5 @@
-"""The ``rlmesh`` command (also ``python -m rlmesh``): prepare sandboxes, manage the cache.
+"""The ``rlmesh`` command (also ``python -m rlmesh``): prepare sandboxes, manage and verify the
+cache.
 
 Exit codes: 0 success, 1 the operation failed (a sandbox error, a doctor check failed),
 2 bad usage (an unknown option, a malformed source or duration).
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from . import _config
 from ._backends import venv_cache as _cache
+from ._backends import venv_integrity
 from ._errors import SandboxError
 from ._version import __version__
 
@@ -92,7 +94,7 @@ def _cache_list(args: argparse.Namespace) -> int:
             {
                 "key": e.key, "source": e.source, "requirements": list(e.requirements),
                 "size": e.size, "created": e.created, "last_used": e.last_used,
-                "in_use": e.in_use, "path": str(e.path),
+                "in_use": e.in_use, "path": str(e.path), "problem": e.problem,
             }
             for e in entries
         ]  # fmt: skip
@@ -104,6 +106,8 @@ def _cache_list(args: argparse.Namespace) -> int:
     print(f"{'KEY':24}  {'SOURCE':24}  {'SIZE':>9}  {'LAST USED':>9}  IN USE  PACKAGES")
     for e in entries:
         packages = " ".join(e.requirements)
+        if e.problem:
+            packages = f"DAMAGED: {e.problem} {packages}".rstrip()
         print(
             f"{e.key:24}  {e.source[:24]:24}  {_size(e.size):>9}  {_ago(e.last_used):>9}  "
             f"{'yes' if e.in_use else 'no':6}  {packages}"
@@ -112,10 +116,19 @@ def _cache_list(args: argparse.Namespace) -> int:
 
 
 def _cache_prune(args: argparse.Namespace) -> int:
-    if not args.all and args.older_than is None:
-        print("nothing selected: pass --all or --older-than DURATION (e.g. 7d); leftovers of "
-              "dead builds are removed either way", file=sys.stderr)  # fmt: skip
-    removed = _cache.prune(older_than=args.older_than, everything=args.all)
+    if not args.all and args.older_than is None and not args.damaged:
+        print("nothing selected: pass --all, --damaged or --older-than DURATION (e.g. 7d); "
+              "leftovers of dead builds are removed either way", file=sys.stderr)  # fmt: skip
+    try:
+        removed = _cache.prune(
+            older_than=args.older_than, everything=args.all, damaged=args.damaged
+        )
+    except OSError as exc:
+        if not _cache.read_only(exc):
+            raise
+        print(f"rlmesh: error: the cache {_cache.venvs_dir()} cannot be written here "
+              f"({exc.strerror}): prune it where it is writable", file=sys.stderr)  # fmt: skip
+        return 1
     for key in removed:
         print(f"removed {key}")
     kept = [e for e in _cache.list_entries() if e.in_use]
@@ -123,6 +136,24 @@ def _cache_prune(args: argparse.Namespace) -> int:
         print(f"kept {entry.key} (in use)")
     print(f"{len(removed)} removed")
     return 0
+
+
+def _damaged() -> tuple[int, list[tuple[_cache.CacheEntry, str]]]:
+    """How many venvs there are, and those whose files changed since their build."""
+    entries = _cache.list_entries()
+    found = [(e, why) for e in entries if (why := e.problem or venv_integrity.damage(e.path))]
+    return len(entries), found
+
+
+def _cache_verify(args: argparse.Namespace) -> int:
+    count, damaged = _damaged()
+    for entry, problem in damaged:
+        print(f"DAMAGED {entry.key} ({entry.source}): {problem}")
+    print(f"{count} venvs checked, {len(damaged)} damaged")
+    if damaged:
+        print("a damaged venv is rebuilt by the next sandbox that needs it, once none uses it; "
+              "'rlmesh cache prune --damaged' removes the unused ones now")  # fmt: skip
+    return 1 if damaged else 0
 
 
 def _check(ok: bool, what: str, detail: str) -> bool:
@@ -144,13 +175,25 @@ def _doctor(args: argparse.Namespace) -> int:
         good &= _check(False, "uv", repr(exc))
     root = _cache.cache_dir()
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        _cache.make_dirs(root)
         writable = os.access(root, os.W_OK)
     except OSError:
         writable = False
-    entries = _cache.list_entries() if writable else []
+    entries = _cache.list_entries()
     size = sum(e.size for e in entries)
-    good &= _check(writable, "cache", f"{root} ({len(entries)} venvs, {_size(size)})")
+    usable = writable or bool(entries)  # a read-only cache of finished venvs is usable
+    mode = "" if writable else ", read-only"
+    good &= _check(usable, "cache", f"{root} ({len(entries)} venvs, {_size(size)}{mode})")
+    try:
+        _cache.check_trusted()
+        good &= _check(True, "cache trust", "no other user can write it")
+    except SandboxError as exc:
+        good &= _check(False, "cache trust", str(exc))
+    count, damaged = _damaged()
+    detail = "; ".join(f"{e.key} ({problem})" for e, problem in damaged)
+    good &= _check(not damaged, "cache venvs",
+                   f"{len(damaged)} of {count} damaged: {detail}; 'rlmesh cache verify' lists "
+                   "them" if damaged else f"all {count} as built")  # fmt: skip
     print(f"[info] offline mode: {'on' if offline() else 'off'} (RLMESH_OFFLINE)")
     print("[ok] backend venv: uv virtualenvs with the host interpreter")
     docker = shutil.which("docker")
@@ -199,7 +242,13 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--older-than", type=_duration, default=None, metavar="DURATION",
                        help="remove venvs unused for this long (90s, 30m, 12h, 7d)")  # fmt: skip
     prune.add_argument("--all", action="store_true", help="remove every venv not in use")
+    prune.add_argument("--damaged", action="store_true",
+                       help="remove damaged venvs (see 'cache verify') not in use")  # fmt: skip
     prune.set_defaults(func=_cache_prune)
+    verify = cache_commands.add_parser(
+        "verify", help="check that every venv's files are as its build left them"
+    )
+    verify.set_defaults(func=_cache_verify)
 
     doctor = commands.add_parser("doctor", help="report uv, Python, cache and backend status")
     doctor.set_defaults(func=_doctor)

@@ -222,6 +222,41 @@ def _count(name: str, value: Any) -> int:
     return value
 
 
+def _environment(name: str, value: Any) -> dict[str, str]:
+    """A mapping of names to values, or the command line's ``NAME=VALUE`` strings."""
+    if value is None:
+        return {}
+    if isinstance(value, (list, tuple)):  # the command line's NAME=VALUE strings
+        parsed: dict[Any, Any] = {}
+        for item in value:
+            if not isinstance(item, str) or "=" not in item:
+                raise ValueError(
+                    f"{name} entries must be NAME=VALUE strings (like MUJOCO_GL=egl), not {item!r}"
+                )
+            key, _, val = item.partition("=")
+            parsed[key] = val
+        value = parsed
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"{name} must be a dict of environment variables, like "
+            f"{name}={{'MUJOCO_GL': 'egl'}}, not {type(value).__name__}"
+        )
+    for key, val in value.items():
+        if not isinstance(key, str) or not isinstance(val, str):
+            raise TypeError(
+                f"{name} names and values must both be str: write {name}={{{str(key)!r}: "
+                f"{str(val)!r}}} instead of {name}={{{key!r}: {val!r}}}"
+            )
+        if not key or "=" in key or "\0" in key:
+            raise ValueError(
+                f"{name} name {key!r} is not a variable name: it must be non-empty, without "
+                f"'=' or NUL (like 'MUJOCO_GL')"
+            )
+        if "\0" in val:
+            raise ValueError(f"{name}[{key!r}] holds a NUL character, which no variable can")
+    return dict(sorted(value.items()))
+
+
 def _vectorization_mode(name: str, value: Any) -> str:
     if value not in VECTORIZATION_MODES:
         raise ValueError(
@@ -316,6 +351,10 @@ OPTIONS: tuple[Option, ...] = (
            "``None`` (a plain child process: crash isolation, not a security boundary) or "
            "``\"bwrap\"`` (bubblewrap: no network, read-only filesystem but a scratch "
            "``/tmp``, own PID namespace, dies with the host).", cli="str"),
+    Option("env", None, _environment, "Mapping[str, str] | None",
+           "Environment variables for the sandbox (``{\"MUJOCO_GL\": \"egl\"}``), set on top "
+           "of the host's (or, under ``isolation=\"bwrap\"``, of a minimal environment). Not "
+           "part of the cache key.", cli="list"),
     Option("max_memory", None, _limit, "int | None",
            "Address-space limit of the sandbox process in bytes (``RLIMIT_AS``).", cli="int"),
     Option("max_cpu_seconds", None, _limit, "int | None",
@@ -372,10 +411,14 @@ class Options(Mapping[str, Any]):
     def as_kwargs(self, *, vector: bool = False) -> dict[str, Any]:
         """Keyword arguments that give these options again (``EnvSpec.kwargs``)."""
         return {
-            o.name: list(v) if isinstance(v := self._values[o.name], tuple) else v
+            o.name: list(v) if isinstance(v := self._values[o.name], tuple) else _copy(v)
             for o in OPTIONS
             if (vector or not o.vector) and o.name != "render_mode"
         }
+
+
+def _copy(value: Any) -> Any:
+    return dict(value) if isinstance(value, dict) else value
 
 
 def check_options(given: Mapping[str, Any]) -> Options:

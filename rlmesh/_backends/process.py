@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from .._config import DEFAULT_TIMEOUTS, Timeouts
-from .._errors import SandboxCrashedError, SandboxStartupError
+from .._errors import SandboxCrashedError
 
-__all__ = ["ChildProcess", "bwrap_command", "spawn_worker"]
+__all__ = ["ChildProcess", "spawn_worker"]
 
 TAIL_BYTES = 16 * 1024
 PIPE_SIZE = 1 << 20  # a 1 MiB pipe carries a typical image observation in one write
@@ -223,27 +222,6 @@ class ChildProcess:
             for fd in (self.to_child, self.from_child):
                 with contextlib.suppress(OSError):
                     os.close(fd)
-
-
-def bwrap_command(keep: Sequence[str] = (), cwd: str = "/tmp") -> list[str]:
-    """The bubblewrap prefix of ``isolation="bwrap"``: no network, the whole filesystem
-    read-only but a fresh ``/tmp``, its own PID (and IPC, UTS) namespace, gone with the host.
-
-    ``keep`` are paths (the venv, the interpreter) bound read-only again on top of the fresh
-    ``/tmp``, in case they live under it.
-    """
-    binary = shutil.which("bwrap")
-    if binary is None:
-        raise SandboxStartupError(
-            "isolation='bwrap' needs bubblewrap (the 'bwrap' command), which is not installed: "
-            "install it (Debian and Ubuntu: apt-get install bubblewrap) or leave isolation unset"
-        )
-    return [
-        binary, "--die-with-parent", "--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev",
-        "--proc", "/proc", "--tmpfs", "/tmp",
-        *[arg for path in keep for arg in ("--ro-bind", path, path)],
-        "--chdir", cwd, "--",
-    ]  # fmt: skip
 
 
 def spawn_worker(

@@ -3,12 +3,15 @@
 A sandbox venv lives at ``<cache>/venvs/<key>`` (layout and locks: ``_cache``). The key hashes
 everything that changes what gets installed: the interpreter (real path and version), uv's
 version, the normalised requirement set (with the content hash of local wheels and project
-directories), the rlmesh that goes in, and the protocol version. Construction kwargs and
-``render_mode`` are not part of it.
+directories: regular files only, each read once per process, and files over ``LARGE_FILE``
+keyed by size and mtime), the rlmesh that goes in, and the protocol version. Construction
+kwargs, ``render_mode`` and ``env`` are not part of it.
 
 A build runs under the key's exclusive lock, in a temporary directory beside the final one,
 and is published with one atomic rename after a completion marker is written, so a build
-killed at any moment leaves nothing a later run mistakes for a finished venv.
+killed at any moment leaves nothing a later run mistakes for a finished venv. The marker
+holds a manifest of the venv's files; every start checks it (``_integrity.damage``) and rebuilds
+a venv that changed since its build, or refuses one that a running sandbox still uses.
 
 Packages are *copied* from uv's cache (``--link-mode=copy``), never hard-linked: code in one
 sandbox that writes into its own site-packages cannot change uv's cache or another sandbox.
@@ -31,6 +34,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import sys
 import time
 import uuid
@@ -48,8 +52,10 @@ from .._version import __version__
 from .._wire.protocol import PROTOCOL_VERSION
 from . import payload
 from . import venv_cache as _cache
+from . import venv_integrity as _integrity
+from .bwrap import bwrap_command, bwrap_environment
 from .payload import dist_version, requirements_file, sandbox_requirements
-from .process import ChildProcess, bwrap_command, spawn_worker
+from .process import ChildProcess, spawn_worker
 from .python import find_interpreter
 
 __all__ = ["Venv", "VenvBackend", "ensure_venv", "key_inputs", "venv_key"]
@@ -57,7 +63,7 @@ __all__ = ["Venv", "VenvBackend", "ensure_venv", "key_inputs", "venv_key"]
 log = logging.getLogger("rlmesh.build")
 
 OFFLINE_ENV = "RLMESH_OFFLINE"
-LAYOUT = 2  # bump when the venv layout changes in a way old venvs cannot serve
+LAYOUT = 3  # bump when the venv layout changes in a way old venvs cannot serve
 HEARTBEAT = 2.0  # seconds between "still building" messages
 _NETWORK_HINTS = (
     "failed to fetch",
@@ -68,6 +74,9 @@ _NETWORK_HINTS = (
     "timed out",
     "could not connect",
 )
+LARGE_FILE = 16 << 20  # a local file this big is keyed by its size and mtime, not read
+_DIGESTS_KEPT = 65536  # content hashes memoised by stat fingerprint (then forgotten at once)
+_digests: dict[tuple[int, ...], str] = {}
 _SKIP_DIRS = {"__pycache__", ".git", "build", "dist", ".nox", ".venv", ".tox"}
 
 
@@ -97,16 +106,45 @@ def _normalise(item: str) -> str:
     return str(req)
 
 
+def _stat_key(info: os.stat_result) -> tuple[int, ...]:
+    # ctime moves on every change of content and cannot be set back, unlike mtime
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
 def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    """Content hash of a regular file (``SandboxBuildError`` for anything else).
+
+    Memoised by the file's stat fingerprint, so an unchanged file is read once per process;
+    a file over ``LARGE_FILE`` bytes is keyed by its size and mtime alone, never read.
+    """
+    try:
+        info = os.stat(path)
+        if stat.S_ISREG(info.st_mode) and info.st_size > LARGE_FILE:
+            return f"size {info.st_size} mtime {info.st_mtime_ns}"
+        known = _digests.get(_stat_key(info))
+        if known is not None:
+            return known
+        # O_NONBLOCK: if the file was swapped for a FIFO, opening it must not wait
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SandboxBuildError(f"cannot read the local package file {path}: {exc}") from None
+    with open(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SandboxBuildError(f"the local package file {path} is not a regular file")
+        digest = hashlib.sha256()
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    if len(_digests) >= _DIGESTS_KEPT:
+        _digests.clear()
+    _digests[_stat_key(info)] = digest.hexdigest()
     return digest.hexdigest()
 
 
 def _hash_tree(root: Path) -> str:
-    """Content hash of a local project directory (build outputs and caches left out)."""
+    """Hash of a local project directory: its regular files (build outputs and caches left
+    out). FIFOs, sockets and devices, and links to them, are skipped: they are not package
+    content, and reading one could block forever or never end."""
     digest = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(
@@ -114,8 +152,13 @@ def _hash_tree(root: Path) -> str:
         )
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            digest.update(str(path.relative_to(root)).encode() + b"\0")
-            digest.update(_hash_file(path).encode())
+            try:
+                regular = stat.S_ISREG(path.stat().st_mode)
+            except OSError:  # a dangling link
+                regular = False
+            if regular:
+                digest.update(str(path.relative_to(root)).encode() + b"\0")
+                digest.update(_hash_file(path).encode())
     return digest.hexdigest()
 
 
@@ -281,35 +324,103 @@ async def ensure_venv(options: Options, resolved: Resolved, label: str) -> Venv:
     """Return the sandbox venv for these options (in use until ``in_use_fd`` is closed).
 
     Builds it once if it is not cached; concurrent callers, in this process or others, wait
-    for that one build and reuse it.
+    for that one build and reuse it. A cached venv whose files changed since its build is
+    rebuilt (or refused while in use, or in a read-only cache); a cache another user could
+    write is refused.
     """
-    inputs = key_inputs(options, resolved)
+    inputs = await anyio.to_thread.run_sync(key_inputs, options, resolved)
     key = venv_key(inputs)
     final = _cache.venvs_dir() / key
-    fd = _cache.open_in_use(final)
-    if fd is not None:
-        return Venv(final, key, fd)
-    lock = await _acquire_build_lock(key)
+    _cache.check_trusted(final)
     try:
         fd = _cache.open_in_use(final)
-        if fd is None:
-            await _build_and_publish(options, resolved, label, inputs, key, final)
-            fd = _cache.open_in_use(final)
+    except BlockingIOError:
+        fd = None  # pruned or probed right now: look again under the build lock
+    if fd is not None and await _damage(final, fd) is None:
+        return Venv(final, key, fd)
+    lock = await _acquire_build_lock(key)  # None: the cache is read-only
+    try:
+        fd = await _wait_in_use(final)
+        if fd is not None:
+            problem = await _damage(final, fd)
+            if problem is None:
+                return Venv(final, key, fd)
+            _discard_damaged(final, problem, label, read_only=lock is None)
+        elif lock is None:
+            raise SandboxBuildError(
+                f"the sandbox cache {final.parent} cannot be written here (read-only, or not "
+                f"yours) and holds no venv for {label!r} (key {key}): build it where the cache "
+                f"is writable ('rlmesh sandbox prepare' with the same options), or point "
+                f"{_cache.CACHE_ENV} at a directory you can write",
+                source=label,
+            )
+        await _build_and_publish(options, resolved, label, inputs, key, final)
+        fd = await _wait_in_use(final)
         if fd is None:
             raise SandboxBuildError(f"the sandbox venv {final} vanished right after its build")
     finally:
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)
     return Venv(final, key, fd)
 
 
-async def _acquire_build_lock(key: str) -> int:
+async def _damage(final: Path, fd: int) -> str | None:
+    """``_integrity.damage(final)``; closes the in-use ``fd`` unless the venv is sound."""
+    try:
+        problem = await anyio.to_thread.run_sync(_integrity.damage, final)
+    except BaseException:  # cancelled (startup_timeout) or failed: the venv is not in use
+        os.close(fd)
+        raise
+    if problem is not None:
+        os.close(fd)
+    return problem
+
+
+def _discard_damaged(final: Path, problem: str, label: str, *, read_only: bool) -> None:
+    what = f"the sandbox venv {final} changed since it was built ({problem})"
+    if read_only:
+        raise SandboxBuildError(
+            f"{what}, and the cache cannot be written here, so it cannot be rebuilt: rebuild "
+            f"it where the cache is writable ('rlmesh sandbox prepare'; copy a cache with "
+            f"'cp -a', which keeps file times), or point {_cache.CACHE_ENV} elsewhere",
+            source=label,
+        )
+    if not _cache.discard(final):
+        raise SandboxBuildError(
+            f"{what}; a running sandbox uses it, so it is not rebuilt under that sandbox: close "
+            f"the sandboxes that use it ('rlmesh cache list' shows it in use) and start again, "
+            f"which rebuilds it",
+            source=label,
+        )
+    _Progress(label).say(f"{what}: removed it, rebuilding")
+
+
+async def _acquire_build_lock(key: str) -> int | None:
+    """The build lock of ``key`` (waiting for another build), or ``None`` for a read-only
+    cache."""
     delay = 0.01
     while True:
-        fd = _cache.try_build_lock(key)
+        try:
+            fd = _cache.try_build_lock(key)
+        except OSError as exc:
+            if _cache.read_only(exc):
+                return None
+            raise
         if fd is not None:
             return fd
         await anyio.sleep(delay)  # another build of this key runs (bounded by startup_timeout)
         delay = min(delay * 2, 0.2)
+
+
+async def _wait_in_use(final: Path) -> int | None:
+    """``open_in_use``, waiting out a brief exclusive hold (a listing's probe)."""
+    delay = 0.01
+    while True:
+        try:
+            return _cache.open_in_use(final)
+        except BlockingIOError:
+            await anyio.sleep(delay)  # bounded by startup_timeout
+            delay = min(delay * 2, 0.2)
 
 
 async def _build_and_publish(
@@ -318,15 +429,18 @@ async def _build_and_publish(
     root = final.parent
     for stale in root.glob(f".tmp-{key}-*"):  # dead builds of this key: we hold the lock
         shutil.rmtree(stale, ignore_errors=True)
-    if final.exists():  # not complete, yet not ours: a foreign leftover
+    if final.exists() and not _cache.is_complete(final):  # a foreign leftover, never in use
         shutil.rmtree(final, ignore_errors=True)
     tmp = root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
     progress = _Progress(label)
     progress.say(f"building sandbox venv (key {key})")
     try:
         await _build(sandbox_requirements(options, resolved), inputs, tmp, progress)
-        marker = {"key": key, "source": label, "created": time.time(), "inputs": inputs}
-        (tmp / _cache.MARKER).write_text(json.dumps(marker, indent=2))
+        files = await anyio.to_thread.run_sync(_integrity.manifest, tmp)
+        marker = {
+            "key": key, "source": label, "created": time.time(), "inputs": inputs, "files": files,
+        }  # fmt: skip
+        (tmp / _cache.MARKER).write_text(json.dumps(marker))
         os.rename(tmp, final)
     except BaseException:
         with anyio.CancelScope(shield=True):
@@ -375,11 +489,14 @@ def installed_versions(venv: Path) -> dict[str, str]:
     return versions
 
 
-def _child_env(venv_path: str) -> dict[str, str]:
-    env = dict(os.environ)
+def _child_env(venv_path: str, options: Options) -> dict[str, str]:
+    """The sandbox's environment: the host's (a plain child) or a minimal one (bwrap, where
+    the host's secrets must stay out), then the venv, then the ``env`` option."""
+    env = bwrap_environment() if options.isolation == "bwrap" else dict(os.environ)
     env["VIRTUAL_ENV"] = venv_path
     env["PATH"] = os.pathsep.join([os.path.join(venv_path, "bin"), env.get("PATH", "")])
     env.pop("PYTHONHOME", None)
+    env.update(options.env)
     return env
 
 
@@ -400,8 +517,8 @@ class VenvBackend:
         venv = await ensure_venv(options, resolved, label)
         wrapper: list[str] = []
         if bwrap:
-            keep = [str(venv.path), find_interpreter(options.python).prefix]
-            wrapper = bwrap_command([*[p for p in keep if p.startswith("/tmp")], *resolved.mounts])
+            keep = [str(venv.path), find_interpreter(options.python).prefix, *resolved.mounts]
+            wrapper = bwrap_command(keep)
         details = {"backend": self.name, "venv_key": venv.key,
                    "packages": installed_versions(venv.path)}  # fmt: skip
         try:  # the child inherits the venv's in-use lock, so no prune removes it meanwhile
@@ -409,7 +526,7 @@ class VenvBackend:
                 lambda: spawn_worker(
                     venv.python,
                     label=label,
-                    env=_child_env(str(venv.path)),
+                    env=_child_env(str(venv.path), options),
                     keep_fds=(venv.in_use_fd,),
                     worker_args=worker_args,
                     wrapper=wrapper,
