@@ -18,7 +18,7 @@ import gymnasium as gym
 from gymnasium import spaces
 
 from ._core.channels import AsyncChannel, BlockingChannel
-from ._core.face import AsyncFace, public_face
+from ._core.face import AsyncFace, Face, public_face
 from ._core.lifecycle import State
 from ._core.portal import portal_call
 from ._core.single import EnvCore
@@ -35,7 +35,7 @@ _ASYNC_HINT = "use 'await AsyncSandboxEnv.create(...)' or 'async with AsyncSandb
 
 
 @public_face(vector=False)
-class SandboxEnv(gym.Env[Any, Any]):
+class SandboxEnv(Face, gym.Env[Any, Any]):
     """A Gymnasium environment running in its own sandbox process.
 
     A real ``gymnasium.Env``: use it with wrappers, ``check_env`` and training code as usual.
@@ -44,6 +44,8 @@ class SandboxEnv(gym.Env[Any, Any]):
 
     {options}
     """
+
+    _core: EnvCore
 
     def __init__(self, source: str, **options: Any) -> None:
         core = self._core = EnvCore(spec_from_arguments(source, options, vector=False), "")
@@ -118,16 +120,6 @@ class SandboxEnv(gym.Env[Any, Any]):
     @metadata.setter
     def metadata(self, value: dict[str, Any]) -> None:
         self._metadata = value
-
-    @property
-    def state(self) -> State:
-        """``ready``, ``closed`` or ``broken``."""
-        return self._core.life.state
-
-    @property
-    def restarts(self) -> int:
-        """Sandboxes that ``auto_restart`` replaced."""
-        return self._core.life.restarts
 
     @property
     def pid(self) -> int | None:
@@ -231,11 +223,6 @@ class SandboxEnv(gym.Env[Any, Any]):
         child.stop()
         core.detach()
 
-    def __reduce__(self) -> tuple[Any, tuple[()]]:
-        """Pickling and ``deepcopy`` make an equivalent sandbox from the same options in the
-        unpickling process (the env's state is not copied); see the guide."""
-        return self._core.spec.rebuild(type(self), vector=False), ()
-
     def __repr__(self) -> str:
         core = self._core
         pid = "" if core.sandbox is None else f" pid={core.sandbox.child.pid}"
@@ -252,6 +239,8 @@ class AsyncSandboxEnv(AsyncFace):
 
     {options}
     """
+
+    _core: EnvCore
 
     def __init__(self, source: str, **options: Any) -> None:
         self._core = EnvCore(spec_from_arguments(source, options, vector=False), _ASYNC_HINT)
@@ -397,11 +386,6 @@ class AsyncSandboxEnv(AsyncFace):
             channel.close()
             await anyio.to_thread.run_sync(sandbox.child.stop)
             core.detach()
-
-    def __reduce__(self) -> tuple[Any, tuple[()]]:
-        """Pickling and ``deepcopy`` make an equivalent sandbox from the same options in the
-        unpickling process (the env's state is not copied); see the guide."""
-        return self._core.spec.rebuild(type(self), vector=False), ()
 
     def __repr__(self) -> str:
         pid = f" pid={self.pid}" if self.pid else ""

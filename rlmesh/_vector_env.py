@@ -18,7 +18,7 @@ import anyio
 import gymnasium as gym
 
 from ._core.channels import AsyncChannel, BlockingChannel
-from ._core.face import AsyncFace, public_face
+from ._core.face import AsyncFace, Face, public_face
 from ._core.lifecycle import State
 from ._core.portal import portal_call
 from ._core.spec import spec_from_arguments
@@ -43,7 +43,7 @@ _ASYNC_HINT = (
 
 
 @public_face(vector=True)
-class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
+class SandboxVectorEnv(Face, gym.vector.VectorEnv[Any, Any, Any]):
     """``num_envs`` copies of an environment in ``num_workers`` sandbox processes.
 
     A real ``gymnasium.vector.VectorEnv``. Each worker runs a Gymnasium vector env of its
@@ -53,6 +53,8 @@ class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
 
     {options}
     """
+
+    _core: VectorCore
 
     def __init__(self, source: str, **options: Any) -> None:
         core = self._core = VectorCore(spec_from_arguments(source, options, vector=True), "")
@@ -82,15 +84,6 @@ class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
                 undo = core.attach_shm(index, channel.request(payload, "shm setup"))
                 if undo is not None:
                     reply_values(channel.request(undo, "shm setup"), 2)
-
-    @property
-    def state(self) -> State:
-        return self._core.life.state
-
-    @property
-    def restarts(self) -> int:
-        """Workers that ``auto_restart`` replaced."""
-        return self._core.life.restarts
 
     @property
     def sandbox(self) -> SandboxInfo:
@@ -242,11 +235,6 @@ class SandboxVectorEnv(gym.vector.VectorEnv[Any, Any, Any]):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __reduce__(self) -> tuple[Any, tuple[()]]:
-        """Pickling and ``deepcopy`` make an equivalent sandbox from the same options in the
-        unpickling process (the env's state is not copied); see the guide."""
-        return self._core.spec.rebuild(type(self), vector=True), ()
-
     def __repr__(self) -> str:
         core = self._core
         return (
@@ -271,6 +259,8 @@ class AsyncSandboxVectorEnv(AsyncFace):
 
     {options}
     """
+
+    _core: VectorCore
 
     def __init__(self, source: str, **options: Any) -> None:
         spec = spec_from_arguments(source, options, vector=True)
@@ -439,11 +429,6 @@ class AsyncSandboxVectorEnv(AsyncFace):
             for sandbox in core.sandboxes:
                 await anyio.to_thread.run_sync(sandbox.child.stop)
             core.detach()
-
-    def __reduce__(self) -> tuple[Any, tuple[()]]:
-        """Pickling and ``deepcopy`` make an equivalent sandbox from the same options in the
-        unpickling process (the env's state is not copied); see the guide."""
-        return self._core.spec.rebuild(type(self), vector=True), ()
 
     def __repr__(self) -> str:
         core = self._core

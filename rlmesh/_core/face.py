@@ -2,19 +2,21 @@
 
 ``public_face`` gives a face class its signature and "Args" from the option table and
 reports it as ``rlmesh.numpy`` (so pickles and reprs never name a private module).
-``AsyncFace`` is ``create``/``async with`` for the async faces.
+``Face`` is what every face shows of its core (state, restarts, pickling); ``AsyncFace`` adds
+``create``/``async with`` for the async faces.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .._config import face_signature, options_doc
 from .lifecycle import Lifecycle, State
+from .spec import SandboxSpec
 
-__all__ = ["AsyncFace", "public_face"]
+__all__ = ["AsyncFace", "Face", "public_face"]
 
 PUBLIC_MODULE = "rlmesh.numpy"
 _T = TypeVar("_T", bound=type)
@@ -35,15 +37,43 @@ def public_face(*, vector: bool) -> Callable[[_T], _T]:
                 "{options}", options_doc(vector=vector).strip()
             )
         cls.__module__ = PUBLIC_MODULE
+        cls._vector = vector  # type: ignore[attr-defined]
         return cls
 
     return decorate
 
 
+class _Core(Protocol):
+    life: Lifecycle
+    spec: SandboxSpec
+
+
+class Face:
+    """What all four faces show of their core: ``state``, ``restarts``, and pickling."""
+
+    _core: _Core
+    _vector: bool = False  # set by public_face
+
+    @property
+    def state(self) -> State:
+        """``created``, ``ready``, ``closed`` or ``broken``."""
+        return self._core.life.state
+
+    @property
+    def restarts(self) -> int:
+        """Sandboxes (or vector workers) that ``auto_restart`` replaced."""
+        return self._core.life.restarts
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        """Pickling and ``deepcopy`` make an equivalent sandbox from the same options in the
+        unpickling process (the env's state is not copied); see the guide."""
+        return self._core.spec.rebuild(type(self), vector=self._vector), ()
+
+
 _Face = TypeVar("_Face", bound="AsyncFace")
 
 
-class AsyncFace:
+class AsyncFace(Face):
     """``create`` and ``async with`` for the async faces (they define ``start``/``aclose``)."""
 
     _life: Lifecycle
@@ -71,13 +101,3 @@ class AsyncFace:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-    @property
-    def state(self) -> State:
-        """``created``, ``ready``, ``closed`` or ``broken``."""
-        return self._life.state
-
-    @property
-    def restarts(self) -> int:
-        """Sandboxes (or workers) that ``auto_restart`` replaced."""
-        return self._life.restarts
