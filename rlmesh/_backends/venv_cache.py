@@ -37,6 +37,7 @@ __all__ = [
     "list_entries",
     "open_in_use",
     "prune",
+    "remove_dead_builds",
     "venvs_dir",
 ]
 
@@ -185,6 +186,27 @@ def list_entries() -> list[CacheEntry]:
     return sorted(entries, key=lambda e: e.last_used, reverse=True)
 
 
+def remove_dead_builds() -> list[Path]:
+    """Remove what dead builds left (``.tmp-*``, ``.trash-*``); a running build is left alone
+    (it holds its key's build lock). Returns what was removed."""
+    root = venvs_dir()
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for path in sorted(root.iterdir()):
+        name = path.name
+        if name.startswith(".trash-"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        elif name.startswith(".tmp-"):
+            key = name[len(".tmp-") :].rsplit("-", 1)[0]
+            with build_lock(key) as taken:
+                if taken:  # no build of this key is running: a dead one left this
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
+    return removed
+
+
 def _delete(path: Path, key: str) -> None:
     trash = path.parent / f".trash-{key}-{uuid.uuid4().hex[:8]}"
     os.rename(path, trash)  # gone from the cache in one step; the slow delete comes after
@@ -204,17 +226,9 @@ def prune(*, older_than: float | None = None, everything: bool = False) -> list[
         return []
     now = time.time()
     removed = []
+    remove_dead_builds()
     for path in sorted(root.iterdir()):
         name = path.name
-        if name.startswith(".trash-"):
-            shutil.rmtree(path, ignore_errors=True)
-            continue
-        if name.startswith(".tmp-"):
-            key = name[len(".tmp-") :].rsplit("-", 1)[0]
-            with build_lock(key) as taken:
-                if taken:  # no build of this key is running: a dead one left this
-                    shutil.rmtree(path, ignore_errors=True)
-            continue
         if name.startswith(".") or not path.is_dir():
             continue
         entry = _entry(path)
