@@ -22,7 +22,7 @@ from ._core.lifecycle import State
 from ._core.portal import portal_call
 from ._core.single import EnvCore
 from ._core.spec import spec_from_arguments
-from ._core.startup import bad_action, reply_values, start_sandbox
+from ._core.startup import bad_action, discard, reply_values, start_sandbox
 from ._errors import SandboxError
 from ._wire import protocol as P
 from ._wire.spaces import OpaqueSpace
@@ -46,7 +46,7 @@ class SandboxEnv(gym.Env[Any, Any]):
 
     def __init__(self, source: str, **options: Any) -> None:
         core = self._core = EnvCore(spec_from_arguments(source, options, vector=False), "")
-        self._install(portal_call(start_sandbox, core.spec))
+        self._install(portal_call(start_sandbox, core.spec, undo=discard))
         sandbox = core.started()
         self.observation_space = sandbox.observation_space
         self.action_space = sandbox.action_space
@@ -70,7 +70,7 @@ class SandboxEnv(gym.Env[Any, Any]):
         core = self._core
         core.started().child.stop(core.timeouts.abort_grace)
         core.detach()
-        self._install(portal_call(start_sandbox, core.spec))
+        self._install(portal_call(start_sandbox, core.spec, undo=discard))
 
     def _wire_opaque(self, space: Any, which: str) -> None:
         if not isinstance(space, OpaqueSpace):

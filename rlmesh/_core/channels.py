@@ -290,6 +290,14 @@ class _InFlight(threading.local):
 _in_flight = _InFlight()
 
 
+def _forget_in_flight() -> None:
+    """In a forked child: the parent's requests are not this process's to wait for."""
+    _in_flight.count = 0
+
+
+os.register_at_fork(after_in_child=_forget_in_flight)
+
+
 class _Gate:
     """A FIFO lock for tasks of one event loop that costs nothing when it is free.
 

@@ -36,6 +36,8 @@ __all__ = [
     "Sandbox",
     "action_checker",
     "bad_action",
+    "discard",
+    "discard_all",
     "host_env_spec",
     "reply_values",
     "start_sandbox",
@@ -187,6 +189,17 @@ async def start_vector_sandboxes(
             raise first from None
         raise
     return [sandbox for sandbox in started if sandbox is not None]
+
+
+def discard(sandbox: Sandbox) -> None:
+    """Stop a sandbox nobody will use (its start finished after the caller was interrupted)."""
+    sandbox.child.stop(sandbox.spec.options.timeouts.failed_start_grace)
+
+
+def discard_all(sandboxes: list[Sandbox]) -> None:
+    """``discard`` each of them."""
+    for sandbox in sandboxes:
+        discard(sandbox)
 
 
 def host_env_spec(sandbox: Sandbox) -> EnvSpec | None:
