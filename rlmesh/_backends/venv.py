@@ -56,7 +56,7 @@ from .._wire.protocol import PROTOCOL_VERSION
 from . import payload
 from . import venv_cache as _cache
 from .payload import dist_version, sandbox_requirements
-from .process import ChildProcess, bwrap_command, spawn_worker
+from .process import ChildProcess, bwrap_command, raise_fd_limit, spawn_worker
 
 __all__ = ["Venv", "VenvBackend", "ensure_venv", "key_inputs", "venv_key"]
 
@@ -419,6 +419,7 @@ class VenvBackend:
     name = "venv"
 
     async def start(self, options: Options, resolved: Resolved, label: str) -> ChildProcess:
+        raise_fd_limit()  # before the build and its locks open any
         bwrap = options.isolation == "bwrap"
         if bwrap:
             bwrap_command()  # checked before the build: a missing bwrap fails fast

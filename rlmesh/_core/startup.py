@@ -9,6 +9,7 @@ about the env. Also here: the small reply and action helpers every face uses.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,8 @@ __all__ = [
     "start_sandbox",
     "start_vector_sandboxes",
 ]
+
+_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
 
 
 @dataclass
@@ -103,6 +106,17 @@ async def start_sandbox(
             f"the sandbox for {name!r} was not ready within startup_timeout="
             f"{options.startup_timeout:g} s (this includes building its virtualenv)"
         ) from None
+    except OSError as exc:
+        if child is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(child.stop, options.timeouts.failed_start_grace)
+        if exc.errno not in _OUT_OF_FDS:
+            raise
+        from .._backends.process import out_of_fds_hint
+
+        raise SandboxStartupError(
+            f"the sandbox for {name!r} could not start: {out_of_fds_hint()}", source=spec.label
+        ) from exc
     except BaseException:
         if child is not None:
             with anyio.CancelScope(shield=True):
