@@ -262,6 +262,51 @@ def test_a_forked_helper_does_not_keep_the_sandbox_alive_after_the_host_is_kille
         assert not wait_gone(helper, 0.0)  # the helper still holds what it inherited
 
 
+FORK_FDS = """
+import asyncio, os, stat
+from rlmesh.numpy import AsyncSandboxEnv, SandboxEnv
+
+def pipes(child):
+    return {os.fstat(fd).st_ino for fd in (child.to_child, child.from_child, child._pump.fd)}
+
+sync_env = SandboxEnv("CartPole-v1")
+sync_env.reset(seed=0)
+
+async def main():
+    env = await AsyncSandboxEnv.create("CartPole-v1")
+    await env.reset(seed=0)
+    await env.step(0)  # its channel's standing reader holds a duplicate of the reply pipe
+    inodes = pipes(sync_env._core.started().child) | pipes(env._core.started().child)
+    pid = os.fork()
+    if pid == 0:
+        held = 0
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                info = os.stat(f"/proc/self/fd/{name}")
+            except OSError:
+                continue
+            held += stat.S_ISFIFO(info.st_mode) and info.st_ino in inodes
+        print("child holds", held, flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    await env.step(1)
+    await env.aclose()
+
+asyncio.run(main())
+sync_env.step(1)
+sync_env.close()
+print("parent ok", flush=True)
+"""
+
+
+@sandbox
+@faults
+def test_a_forked_child_holds_none_of_the_sandbox_pipes() -> None:
+    with run_host(FORK_FDS) as host:
+        assert host.line(90).strip() == "child holds 0"
+        assert host.line(30).strip() == "parent ok"
+
+
 ASYNC_VECTOR = """
 import gymnasium as gym
 from rlmesh.numpy import SandboxEnv

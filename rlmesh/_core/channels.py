@@ -26,6 +26,7 @@ import os
 import select
 import threading
 import time
+import weakref
 from typing import Any
 
 import anyio
@@ -290,12 +291,21 @@ class _InFlight(threading.local):
 _in_flight = _InFlight()
 
 
-def _forget_in_flight() -> None:
-    """In a forked child: the parent's requests are not this process's to wait for."""
+def _after_fork_in_child() -> None:
+    """In a forked child: the parent's requests are not this process's to wait for, and
+    the standing readers' duplicates of the parent's reply pipes now point at /dev/null
+    (the numbers stay taken: a copy of the parent's loop may still name them)."""
     _in_flight.count = 0
+    readers = [reader for reader in list(_readers) if reader.fd >= 0]
+    if readers:
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        for reader in readers:
+            with contextlib.suppress(OSError):
+                os.dup2(null, reader.fd, inheritable=False)
+        os.close(null)
 
 
-os.register_at_fork(after_in_child=_forget_in_flight)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Gate:
@@ -358,6 +368,7 @@ class _LoopReader:
         self.ended = False  # end of file or a dead pipe
         self.error: ProtocolError | None = None
         loop.add_reader(self.fd, self._readable)
+        _readers.add(self)
 
     def _readable(self) -> None:
         channel = self._channel
@@ -388,6 +399,9 @@ class _LoopReader:
             self.loop.remove_reader(self.fd)
         os.close(self.fd)
         self.fd = -1
+
+
+_readers: weakref.WeakSet[_LoopReader] = weakref.WeakSet()  # for the fork hook
 
 
 class AsyncChannel(_Base):
