@@ -518,6 +518,40 @@ async def test_a_cancelled_build_kills_uv_and_the_build_backend(
             kill_quietly(pid)
 
 
+TIMEOUT_BUILD_HOST = """
+import sys
+from rlmesh import SandboxTimeoutError
+from rlmesh.numpy import SandboxEnv
+try:
+    SandboxEnv("CartPole-v1", packages=[sys.argv[1]], startup_timeout=float(sys.argv[2]))
+except SandboxTimeoutError as exc:
+    print("timed out:", str(exc).splitlines()[0], flush=True)
+sys.stdin.read()  # the host lives on
+"""
+
+
+@sandbox
+@faults
+def test_a_startup_timeout_during_a_build_kills_uv_and_the_build_backend(tmp_path: Path) -> None:
+    # The backend holds the build for 600 s: the startup_timeout expires while it runs.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    slow = slow_package(tmp_path / "slow", f"rlmesh_slow_{os.getpid()}_{time.time_ns()}")
+    env = {"RLMESH_TEST_BUILD_FIFO": str(fifo)}
+    pids: list[int] = []
+    try:
+        with run_host(TIMEOUT_BUILD_HOST, str(slow), "20", env=env) as host:
+            pids += read_fifo(fifo)
+            assert "startup_timeout=20" in host.line(60)
+            backend, parent = pids
+            assert wait_gone(backend, 5.0), "the build backend outlived the startup timeout"
+            assert wait_gone(parent, 5.0), "uv outlived the startup timeout"
+            assert host.proc.poll() is None
+    finally:
+        for pid in pids:
+            kill_quietly(pid)
+
+
 BUILD_HOST = """
 import sys
 from rlmesh.numpy import SandboxEnv
