@@ -1,16 +1,8 @@
-"""The sandbox child process: start it, keep the tail of its output, tell how it died, stop it.
+"""The sandbox child process: start it, tell how it died, stop it.
 
 The child gets two dedicated pipes for the protocol (passed as fds, so nothing the env prints
-can reach them) and one pipe for its merged stdout and stderr. A daemon thread drains that
-pipe, echoes it to the host's stderr with a ``[source pid N]`` prefix, and keeps the last
-``TAIL_BYTES`` for error messages, so a chatty env can neither block on a full pipe nor grow
-host memory.
-
-The echo never blocks: it writes through a private non-blocking handle on the host's stderr,
-drops what does not fit (a full pipe nobody reads) and says how much it dropped once it can
-write again. It shows the env's output as text only: control characters and escape sequences
-(a clipboard write, a cleared screen) appear as visible ``\\x1b`` escapes, not as commands to
-the user's terminal.
+can reach them) and one pipe for its merged stdout and stderr, which an ``OutputPump``
+(``output.py``) drains, echoes and keeps the tail of.
 
 The child runs in its own session (process group): a Ctrl-C at the terminal is the host's to
 handle, and stopping the sandbox also takes down processes the env started, detached ones
@@ -25,15 +17,12 @@ children: only the process that started a sandbox can stop it.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import errno
 import fcntl
 import os
-import select
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import threading
@@ -44,10 +33,10 @@ from pathlib import Path
 from .._config import DEFAULT_TIMEOUTS, Timeouts
 from .._errors import SandboxCrashedError, SandboxStartupError
 from .._wire.tree import kill_descendants
+from .output import OutputPump
 
-__all__ = ["ChildProcess", "bwrap_command", "raise_fd_limit", "sanitise", "spawn_worker"]
+__all__ = ["ChildProcess", "bwrap_command", "raise_fd_limit", "spawn_worker"]
 
-TAIL_BYTES = 16 * 1024
 PIPE_SIZE = 1 << 20  # a 1 MiB pipe carries a typical image observation in one write
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 ECHO_ENV = "RLMESH_SANDBOX_ECHO"  # "0" keeps the child's output out of the host's stderr
@@ -63,25 +52,6 @@ _BOOT = (
     "from rlmesh._worker.main import main\n"
     "sys.exit(main(sys.argv[1:]))"
 )
-
-# Shown as escapes, never sent to the terminal: C0 controls but tab and newline, DEL, C1
-# controls (8-bit CSI and OSC), and the bidirectional overrides that reorder what is shown.
-_CONTROLS: dict[int, str] = {
-    code: f"\\x{code:02x}"
-    for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))
-    if code not in (0x09, 0x0A)
-}
-_CONTROLS.update(
-    {code: f"\\u{code:04x}" for code in (0x200E, 0x200F, *range(0x202A, 0x202F),
-                                           *range(0x2066, 0x206A))}
-)  # fmt: skip
-
-
-def sanitise(text: str) -> str:
-    """The env's output as plain text: a carriage return starts a new line, and every other
-    control character (an escape sequence's ESC included) becomes a visible ``\\xNN``."""
-    return text.replace("\r\n", "\n").replace("\r", "\n").translate(_CONTROLS)
-
 
 _fd_limit_raised = False
 
@@ -140,151 +110,6 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
-class _Echo:
-    """Writes to the host's stderr and never blocks; one per process, shared by all pumps.
-
-    A Python-level ``sys.stderr`` without a file descriptor (a notebook, a test's capture)
-    gets the text as it is. Otherwise the bytes go to the descriptor behind it through a
-    private handle: for a pipe or terminal, a second open of it with ``O_NONBLOCK`` (the flag
-    then touches nobody else's handle); a regular file takes writes at once; anything else
-    (a socket) gets only what ``poll`` says fits. What does not fit is dropped and counted;
-    the next write that fits first says how much was lost.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._key: tuple[int, ...] | None = None
-        self._fd = -1  # where bytes go
-        self._own = False  # whether _fd is our private handle (ours to close)
-        self._mode = "file"  # "nonblock", "file" or "poll"
-        self.dropped = 0
-
-    def write(self, text: str) -> None:
-        stream = sys.stderr
-        try:
-            fd = stream.fileno()
-        except Exception:  # no descriptor: a Python-level stream, which never blocks on a pipe
-            with contextlib.suppress(Exception):
-                stream.write(text)
-                stream.flush()
-            return
-        data = text.encode("utf-8", "replace")
-        with self._lock:
-            if not self._retarget(fd):
-                return
-            if self.dropped:
-                note = (
-                    f"[rlmesh: {self.dropped} bytes of sandbox output were dropped: nothing "
-                    "read this process's stderr]\n"
-                ).encode()
-                if self._put(note) == 0:
-                    self.dropped += len(data)
-                    return
-                self.dropped = 0
-            self.dropped += len(data) - self._put(data)
-
-    def _retarget(self, fd: int) -> bool:
-        try:
-            info = os.fstat(fd)
-        except OSError:
-            return False
-        key = (fd, info.st_dev, info.st_ino, info.st_rdev)
-        if key == self._key:
-            return True
-        self._close()
-        self._key, self._fd, self._mode = key, fd, "poll"
-        if stat.S_ISREG(info.st_mode):
-            self._mode = "file"
-        elif stat.S_ISFIFO(info.st_mode) or stat.S_ISCHR(info.st_mode):
-            flags = os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_APPEND | os.O_CLOEXEC
-            with contextlib.suppress(OSError):  # a socket cannot be opened again: poll it
-                self._fd = os.open(f"/proc/self/fd/{fd}", flags)
-                self._own, self._mode = True, "nonblock"
-        return True
-
-    def _put(self, data: bytes) -> int:
-        """Write what fits now; how many bytes were taken (all of them on an error)."""
-        view = memoryview(data)
-        sent = 0
-        try:
-            while sent < len(view):
-                if self._mode == "poll":
-                    poller = select.poll()
-                    poller.register(self._fd, select.POLLOUT)
-                    if not poller.poll(0):
-                        break
-                    sent += os.write(self._fd, view[sent : sent + select.PIPE_BUF])
-                else:
-                    sent += os.write(self._fd, view[sent:])
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:  # a closed or broken stderr: nothing to tell anyone
-            return len(data)
-        return sent
-
-    def _close(self) -> None:
-        if self._own:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-        self._fd, self._own, self._key = -1, False, None
-
-
-_echo = _Echo()
-
-
-class _OutputPump(threading.Thread):
-    """Drains the child's stdout+stderr pipe; keeps a bounded tail; optionally echoes."""
-
-    def __init__(self, fd: int, prefix: str, echo: bool) -> None:
-        super().__init__(name=f"rlmesh-output {prefix}", daemon=True)
-        self.fd = fd  # -1 once closed
-        self._prefix = prefix
-        self._echo = echo
-        self._tail = bytearray()
-        self._lock = threading.Lock()
-
-    def run(self) -> None:
-        at_line_start = True
-        decode = codecs.getincrementaldecoder("utf-8")("replace").decode
-        try:
-            while True:
-                try:
-                    data = os.read(self.fd, 65536)
-                except InterruptedError:
-                    continue
-                if not data:
-                    break
-                with self._lock:
-                    self._tail += data
-                    if len(self._tail) > TAIL_BYTES:
-                        del self._tail[: len(self._tail) - TAIL_BYTES]
-                if self._echo:
-                    at_line_start = self._forward(decode(data), at_line_start)
-        except OSError:
-            pass
-        finally:
-            fd, self.fd = self.fd, -1  # a fork meanwhile must not close a reused number
-            os.close(fd)
-
-    def _forward(self, text: str, at_line_start: bool) -> bool:
-        out = []
-        for line in sanitise(text).splitlines(keepends=True):
-            if at_line_start:
-                out.append(self._prefix)
-            out.append(line)
-            at_line_start = line.endswith("\n")
-        if out:
-            with contextlib.suppress(Exception):  # a closed or odd host stderr must not kill us
-                _echo.write("".join(out))
-        return at_line_start
-
-    def tail(self) -> str:
-        with self._lock:
-            data = bytes(self._tail)
-        text = sanitise(data.decode("utf-8", "replace"))
-        return "\n".join(text.splitlines()[-40:])
-
-
 class ChildProcess:
     """A started worker process and the host's ends of its pipes.
 
@@ -300,7 +125,7 @@ class ChildProcess:
         popen: subprocess.Popen[bytes],
         to_child: int,
         from_child: int,
-        pump: _OutputPump,
+        pump: OutputPump,
         label: str,
         *,
         private_pids: bool = False,
@@ -453,8 +278,6 @@ _live: weakref.WeakSet[ChildProcess] = weakref.WeakSet()  # this process's start
 
 
 def _after_fork_in_child() -> None:
-    global _echo
-    _echo = _Echo()  # its lock may have been held by a pump thread that does not exist here
     for child in list(_live):
         child._after_fork()
 
@@ -556,7 +379,7 @@ def spawn_worker(
     for fd in (child_read, child_write, out_write):
         os.close(fd)
     echo = os.environ.get(ECHO_ENV, "1") != "0"
-    pump = _OutputPump(out_read, f"[{label} pid {popen.pid}] ", echo)
+    pump = OutputPump(out_read, f"[{label} pid {popen.pid}] ", echo)
     child = ChildProcess(
         popen, host_write, host_read, pump, label, private_pids=bool(wrapper), timeouts=timeouts
     )
