@@ -65,6 +65,7 @@ class Timeouts:
     crash_wait: float = 1.0  # a crash report, or abandon(): for the exit status (then kill)
     output_wait: float = 0.5  # a crash report: for the last output
     portal_start: float = 30.0  # the sync faces' event-loop thread to start
+    cancel_wait: float = 10.0  # an interrupted sync startup: for its cleanup on the portal
 
 
 DEFAULT_TIMEOUTS = Timeouts()
@@ -157,8 +158,24 @@ def _seconds(name: str, value: Any) -> float:
     return float(value)
 
 
-def _optional_seconds(name: str, value: Any) -> float | None:
-    return None if value is None else _seconds(name, value)
+# poll() takes a C int of milliseconds: about 24.8 days. A call_timeout beyond it is a wish
+# for no limit, and is stored as one (None), as is inf.
+MAX_CALL_TIMEOUT = (2**31 - 1) / 1000
+
+
+def _call_seconds(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    seconds = _seconds(name, value)
+    if seconds == math.inf:
+        return None
+    if seconds > MAX_CALL_TIMEOUT:
+        raise ValueError(
+            f"{name}={value!r} is longer than the longest wait rlmesh can bound "
+            f"({MAX_CALL_TIMEOUT:g} s, about 24 days); for no limit pass {name}=None (or "
+            f"float('inf'))"
+        )
+    return seconds
 
 
 _PYTHON_VERSION = re.compile(r"^3\.\d{1,2}$")
@@ -344,9 +361,9 @@ OPTIONS: tuple[Option, ...] = (
            "Allow EnvHub sources not pinned to a full commit sha.", cli="flag"),
     Option("startup_timeout", DEFAULT_TIMEOUTS.startup, _seconds, "float",
            "Seconds for build plus startup before ``SandboxTimeoutError``.", cli="float"),
-    Option("call_timeout", None, _optional_seconds, "float | None",
-           "Seconds each call may take (``None``: no limit); on expiry the sandbox is stopped "
-           "and ``SandboxTimeoutError`` raised."),
+    Option("call_timeout", None, _call_seconds, "float | None",
+           "Seconds each call may take (``None`` or ``inf``: no limit); on expiry the sandbox "
+           "is stopped and ``SandboxTimeoutError`` raised."),
     Option("isolation", None, _isolation, "str | None",
            "``None`` (a plain child process: crash isolation, not a security boundary) or "
            "``\"bwrap\"`` (bubblewrap: no network, read-only filesystem but a scratch "

@@ -23,7 +23,7 @@ from ._core.lifecycle import State
 from ._core.portal import portal_call
 from ._core.single import EnvCore
 from ._core.spec import spec_from_arguments
-from ._core.startup import SandboxInfo, bad_action, reply_values, start_sandbox
+from ._core.startup import SandboxInfo, bad_action, discard, reply_values, start_sandbox
 from ._errors import SandboxError
 from ._wire import protocol as P
 from ._wire.spaces import OpaqueSpace
@@ -49,7 +49,7 @@ class SandboxEnv(Face, gym.Env[Any, Any]):
 
     def __init__(self, source: str, **options: Any) -> None:
         core = self._core = EnvCore(spec_from_arguments(source, options, vector=False), "")
-        self._install(portal_call(start_sandbox, core.spec))
+        self._install(portal_call(start_sandbox, core.spec, undo=discard))
         sandbox = core.started()
         self.observation_space = sandbox.observation_space
         self.action_space = sandbox.action_space
@@ -73,7 +73,7 @@ class SandboxEnv(Face, gym.Env[Any, Any]):
         core = self._core
         core.started().child.stop(core.timeouts.abort_grace)
         core.detach()
-        self._install(portal_call(start_sandbox, core.spec))
+        self._install(portal_call(start_sandbox, core.spec, undo=discard))
 
     def _wire_opaque(self, space: Any, which: str, path: tuple[str | int, ...] = ()) -> None:
         """Let opaque spaces (also inside ``Dict``, ``Tuple`` and ``OneOf``) check and sample

@@ -24,6 +24,8 @@ from ._core.portal import portal_call
 from ._core.spec import spec_from_arguments
 from ._core.startup import (
     SandboxInfo,
+    discard,
+    discard_all,
     host_env_spec,
     reply_values,
     start_sandbox,
@@ -58,7 +60,8 @@ class SandboxVectorEnv(Face, gym.vector.VectorEnv[Any, Any, Any]):
 
     def __init__(self, source: str, **options: Any) -> None:
         core = self._core = VectorCore(spec_from_arguments(source, options, vector=True), "")
-        core.install(self, portal_call(start_vector_sandboxes, core.spec, core.workers))
+        sandboxes = portal_call(start_vector_sandboxes, core.spec, core.workers, undo=discard_all)
+        core.install(self, sandboxes)
         self._channels = [BlockingChannel(s.child, s.reader) for s in core.sandboxes]
         self._timeout = core.timeouts.call
         self.num_envs = core.num_envs
@@ -152,7 +155,7 @@ class SandboxVectorEnv(Face, gym.vector.VectorEnv[Any, Any, Any]):
         for index in indices:
             core.sandboxes[index].child.stop(core.timeouts.abort_grace)
             vector, label = core.workers[index]
-            sandbox = portal_call(start_sandbox, core.spec, vector, label)
+            sandbox = portal_call(start_sandbox, core.spec, vector, label, undo=discard)
             core.replace(self, index, sandbox)
             self._channels[index] = BlockingChannel(sandbox.child, sandbox.reader)
         core.restarted(indices)

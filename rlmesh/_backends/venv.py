@@ -24,17 +24,26 @@ published release instead, always without its host-side dependencies.
 
 ``RLMESH_OFFLINE=1`` builds from uv's cache alone; without it, a build that fails for want of
 the network is retried offline once.
+
+Every command of a build (uv, and the check that the venv imports) runs under a small guard
+process in a session of its own: a cancelled build (``startup_timeout``, Ctrl-C) kills that
+whole process group, uv's build backends and compilers included, and the guard kills it
+when the host dies (it watches a pipe whose other end only the host holds). A build that
+died anyway leaves a ``.tmp-*`` directory; the next build, of any key, removes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import stat
+import subprocess
 import sys
 import time
 import uuid
@@ -55,7 +64,7 @@ from . import venv_cache as _cache
 from . import venv_integrity as _integrity
 from .bwrap import bwrap_command, bwrap_environment
 from .payload import dist_version, requirements_file, sandbox_requirements
-from .process import ChildProcess, spawn_worker
+from .process import ChildProcess, raise_fd_limit, spawn_worker
 from .python import find_interpreter
 
 __all__ = ["Venv", "VenvBackend", "ensure_venv", "key_inputs", "venv_key"]
@@ -256,15 +265,71 @@ class _Progress:
             self.say(f"still {step} ({time.monotonic() - self.started:.0f} s)")
 
 
+# Runs a build command in the guard's session: argv is [watched fd, command...]. When every
+# write end of the watched pipe is closed (the host died, or gave up on the build), the guard
+# kills its whole process group: the command and all it started.
+_GUARD = """
+import os, select, signal, subprocess, sys, threading
+def watch(fd):
+    poller = select.poll()
+    poller.register(fd, 0)
+    while True:
+        try:
+            if poller.poll():
+                break
+        except InterruptedError:
+            continue
+    os.killpg(0, signal.SIGKILL)
+threading.Thread(target=watch, args=(int(sys.argv[1]),), daemon=True).start()
+sys.exit(subprocess.call(sys.argv[2:]))
+"""
+KILL_WAIT = 5.0  # for a killed build command's exit
+
+
 async def _run(cmd: list[str], progress: _Progress, step: str) -> tuple[int, str]:
+    """Run a build command under the guard; its exit status and the last lines it printed."""
     log.debug("%s: %s", progress.label, " ".join(cmd))
-    async with anyio.create_task_group() as group:
-        group.start_soon(progress.heartbeat, step)
-        result = await anyio.run_process(cmd, env=_uv_env(), check=False)
-        group.cancel_scope.cancel()
-    text = (result.stderr or b"").decode("utf-8", "replace")
-    text += (result.stdout or b"").decode("utf-8", "replace")
-    return result.returncode, "\n".join(text.strip().splitlines()[-30:])
+    watched, held = os.pipe2(os.O_CLOEXEC)
+    try:
+        process = await anyio.open_process(
+            [sys.executable, "-I", "-c", _GUARD, str(watched), *cmd],
+            stdin=subprocess.DEVNULL,
+            env=_uv_env(),
+            start_new_session=True,
+            pass_fds=(watched,),
+        )
+    except BaseException:
+        os.close(held)
+        raise
+    finally:
+        os.close(watched)
+    output: dict[str, bytes] = {}
+
+    async def drain(stream: Any, name: str) -> None:
+        chunks = [chunk async for chunk in stream]
+        output[name] = b"".join(chunks)
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(progress.heartbeat, step)
+            async with anyio.create_task_group() as streams:
+                streams.start_soon(drain, process.stdout, "out")
+                streams.start_soon(drain, process.stderr, "err")
+                code = await process.wait()
+                with contextlib.suppress(OSError):  # leftovers of the command's group
+                    os.killpg(process.pid, signal.SIGKILL)
+            group.cancel_scope.cancel()
+    except BaseException:  # cancelled (startup_timeout, Ctrl-C) or failed: end it all now
+        with contextlib.suppress(OSError):
+            os.killpg(process.pid, signal.SIGKILL)
+        raise
+    finally:
+        os.close(held)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(KILL_WAIT):
+            await process.aclose()
+    text = output.get("err", b"").decode("utf-8", "replace")
+    text += output.get("out", b"").decode("utf-8", "replace")
+    return code, "\n".join(text.strip().splitlines()[-30:])
 
 
 _CAUSE = re.compile(r"(?:^|\s)(?:error|cause|caused by):\s*(.+)", re.IGNORECASE)
@@ -429,6 +494,7 @@ async def _build_and_publish(
     root = final.parent
     for stale in root.glob(f".tmp-{key}-*"):  # dead builds of this key: we hold the lock
         shutil.rmtree(stale, ignore_errors=True)
+    await anyio.to_thread.run_sync(_cache.remove_dead_builds)  # and of other keys
     if final.exists() and not _cache.is_complete(final):  # a foreign leftover, never in use
         shutil.rmtree(final, ignore_errors=True)
     tmp = root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
@@ -470,10 +536,9 @@ async def _build(reqs: list[str], inputs: dict[str, Any], tmp: Path, progress: _
     step = "checking the worker imports (and compiling their bytecode)"
     progress.say(step)
     check = "import rlmesh._worker, numpy, gymnasium, msgpack, cloudpickle"
-    result = await anyio.run_process([python, "-I", "-c", check], check=False)
-    if result.returncode:
-        tail = (result.stderr or b"").decode("utf-8", "replace").strip()
-        raise _failed(progress.label, step, result.returncode, tail[-3000:],
+    code, tail = await _run([python, "-I", "-c", check], progress, step)
+    if code:
+        raise _failed(progress.label, step, code, tail[-3000:],
                       "the installed packages do not import together")  # fmt: skip
 
 
@@ -506,6 +571,7 @@ class VenvBackend:
     name = "venv"
 
     async def start(self, options: Options, resolved: Resolved, label: str) -> ChildProcess:
+        raise_fd_limit()  # before the build and its locks open any
         bwrap = options.isolation == "bwrap"
         if bwrap:
             bwrap_command()  # checked before the build: a missing bwrap fails fast

@@ -54,6 +54,7 @@ __all__ = [
     "probe_in_use",
     "prune",
     "read_only",
+    "remove_dead_builds",
     "venvs_dir",
 ]
 
@@ -347,6 +348,27 @@ def list_entries() -> list[CacheEntry]:
     return sorted(entries, key=lambda e: e.last_used, reverse=True)
 
 
+def remove_dead_builds() -> list[Path]:
+    """Remove what dead builds left (``.tmp-*``, ``.trash-*``); a running build is left alone
+    (it holds its key's build lock). Returns what was removed."""
+    root = venvs_dir()
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for path in sorted(root.iterdir()):
+        name = path.name
+        if name.startswith(".trash-"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        elif name.startswith(".tmp-"):
+            key = name[len(".tmp-") :].rsplit("-", 1)[0]
+            with build_lock(key) as taken:
+                if taken:  # no build of this key is running: a dead one left this
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
+    return removed
+
+
 def prune(
     *, older_than: float | None = None, everything: bool = False, damaged: bool = False
 ) -> list[str]:
@@ -363,17 +385,9 @@ def prune(
         return []
     now = time.time()
     removed = []
+    remove_dead_builds()
     for path in sorted(root.iterdir()):
         name = path.name
-        if name.startswith(".trash-"):
-            shutil.rmtree(path, ignore_errors=True)
-            continue
-        if name.startswith(".tmp-"):
-            key = name[len(".tmp-") :].rsplit("-", 1)[0]
-            with build_lock(key) as taken:
-                if taken:  # no build of this key is running: a dead one left this
-                    shutil.rmtree(path, ignore_errors=True)
-            continue
         if name.startswith(".") or not (path.is_dir() or path.is_symlink()):
             continue
         entry = _entry(path)

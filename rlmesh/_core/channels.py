@@ -5,6 +5,13 @@ Each channel allows one request in flight (a lock serialises callers) and rememb
 whose reply was never read (the caller was cancelled or interrupted): the next request first
 drains that reply, so the stream never goes out of step.
 
+A request can also be cut off while it is being written (a Ctrl-C, a cancellation, on a
+frame larger than the pipe). The worker would wait for the rest of it forever, and no later
+frame can be told apart from that rest, so a channel whose request was cut off kills the
+child at once and raises ``SandboxCrashedError`` (saying so) on its next call; the face books
+that as a failure like any crash. An async request cancelled before its first byte leaves
+the stream whole and the sandbox usable.
+
 A channel turns end-of-file into ``SandboxCrashedError`` (with exit status and output tail)
 and an expired ``timeout`` into ``SandboxTimeoutError`` after killing the child.
 """
@@ -19,12 +26,13 @@ import os
 import select
 import threading
 import time
+import weakref
 from typing import Any
 
 import anyio
 
 from .._backends import WorkerHandle
-from .._errors import ProtocolError, SandboxTimeoutError
+from .._errors import ProtocolError, SandboxCrashedError, SandboxError, SandboxTimeoutError
 from .._wire import protocol as P
 from .._wire.spin import Spinner
 
@@ -32,6 +40,7 @@ __all__ = ["AsyncChannel", "BlockingChannel"]
 
 MIN_READ = 1 << 16  # small reads stay cheap: os.read allocates the whole size up front
 MAX_READ = 1 << 20
+MAX_POLL_MS = 2**31 - 1  # poll() takes a C int
 
 
 def _timeout_error(child: WorkerHandle, what: str, timeout: float) -> SandboxTimeoutError:
@@ -48,6 +57,24 @@ class _Base:
         self._reader = reader
         self._ready: list[bytes | bytearray] = []
         self._unanswered = 0  # requests sent whose replies were never read
+        self._torn: str | None = None  # how a request was cut off mid-frame (then: dead)
+
+    def _tear(self, what: str, exc: BaseException) -> None:
+        """A request was cut off after part of its frame went out: end the child now."""
+        self._torn = (
+            f"{what} was interrupted ({type(exc).__name__}) while its request was half "
+            "written to the sandbox"
+        )
+        self.child.kill()
+
+    def _torn_error(self, what: str) -> SandboxCrashedError:
+        return SandboxCrashedError(
+            f"the sandbox for {self.child.label!r} (pid {self.child.pid}) was stopped before "
+            f"{what}: an earlier {self._torn}, which leaves the request stream out of step; "
+            "start a new env (or pass auto_restart=True to let reset() do it)",
+            source=self.child.label,
+            pid=self.child.pid,
+        )
 
     def _frame(self, payload: bytes) -> bytes:
         return P.frame_header(len(payload)) + payload
@@ -102,15 +129,20 @@ class BlockingChannel(_Base):
             if timeout is None and not self._unanswered and not self._ready:
                 # The common case, with no extra calls: one write, a reply caught while
                 # spinning, one whole frame in it.
-                try:
+                try:  # free on 3.11+: exception tables
                     sent = os.write(self._to_child, frame)
-                except BlockingIOError:
-                    sent = 0
+                    if sent != len(frame):
+                        self._send(frame, what, None, None, sent)
+                except BlockingIOError:  # a full pipe: nothing was written
+                    self._send(frame, what, None, None, 0)
+                except SandboxError:
+                    raise
                 except OSError:
                     raise self.child.crashed_error(what) from None
+                except BaseException as exc:  # Ctrl-C between the write and _send's guard
+                    self._interrupted(what, exc)
+                    raise
                 self._unanswered = 1
-                if sent != len(frame):
-                    self._send(memoryview(frame)[sent:], what, None, None)
                 data = self._spin(MIN_READ)
                 payload = self._whole(data) if data else None
                 if payload is not None:
@@ -170,6 +202,8 @@ class BlockingChannel(_Base):
         self, frame: bytes, what: str, deadline: float | None, timeout: float | None
     ) -> None:
         while self._unanswered:
+            if self._torn is not None:
+                raise self._torn_error(what)
             self._receive(what, deadline, timeout)
             self._unanswered -= 1
         self._send(frame, what, deadline, timeout)
@@ -180,30 +214,53 @@ class BlockingChannel(_Base):
             poller.poll()
             return
         left = deadline - time.monotonic()
-        if left <= 0 or not poller.poll(math.ceil(left * 1000)):
+        if left <= 0 or not poller.poll(min(math.ceil(left * 1000), MAX_POLL_MS)):
+            if time.monotonic() < deadline:
+                return  # a wait longer than poll() takes: the caller waits again
             raise _timeout_error(self.child, what, timeout or 0.0)
 
     def _send(
-        self, data: bytes | memoryview, what: str, deadline: float | None, timeout: float | None
+        self,
+        frame: bytes,
+        what: str,
+        deadline: float | None,
+        timeout: float | None,
+        sent: int | None = None,
     ) -> None:
+        """Write the whole ``frame`` (``sent`` bytes of it are out already, if given).
+
+        An interruption (Ctrl-C) once writing has begun tears the stream (``_interrupted``):
+        the bytes a write took cannot always be counted when a signal lands right after it,
+        and the pipe is empty when a request starts, so a first write always takes some.
+        """
         fd = self.child.to_child
         try:
-            sent = os.write(fd, data)
-        except BlockingIOError:
-            sent = 0
+            if sent is None:
+                try:
+                    sent = os.write(fd, frame)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(frame):
+                    return
+            view = memoryview(frame)[sent:]
+            while view:
+                self._wait(self._writable, what, deadline, timeout)
+                try:
+                    view = view[os.write(fd, view) :]
+                except BlockingIOError:
+                    continue
+        except SandboxError:
+            raise  # the child is dead or killed already; the face books it
         except OSError:
             raise self.child.crashed_error(what) from None
-        if sent == len(data):
-            return
-        view = memoryview(data)[sent:]
-        while view:
-            self._wait(self._writable, what, deadline, timeout)
-            try:
-                view = view[os.write(fd, view) :]
-            except BlockingIOError:
-                continue
-            except OSError:
-                raise self.child.crashed_error(what) from None
+        except BaseException as exc:  # Ctrl-C mid-frame: the stream cannot be resumed
+            self._interrupted(what, exc)
+            raise
+
+    def _interrupted(self, what: str, exc: BaseException) -> None:
+        if self._torn is None:
+            self._tear(what, exc)
+            self._unanswered += 1  # routes the next request to the check in _post_frame
 
     def _receive(self, what: str, deadline: float | None, timeout: float | None) -> list[Any]:
         ready = self._ready
@@ -232,6 +289,23 @@ class _InFlight(threading.local):
 
 
 _in_flight = _InFlight()
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child: the parent's requests are not this process's to wait for, and
+    the standing readers' duplicates of the parent's reply pipes now point at /dev/null
+    (the numbers stay taken: a copy of the parent's loop may still name them)."""
+    _in_flight.count = 0
+    readers = [reader for reader in list(_readers) if reader.fd >= 0]
+    if readers:
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        for reader in readers:
+            with contextlib.suppress(OSError):
+                os.dup2(null, reader.fd, inheritable=False)
+        os.close(null)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Gate:
@@ -294,6 +368,7 @@ class _LoopReader:
         self.ended = False  # end of file or a dead pipe
         self.error: ProtocolError | None = None
         loop.add_reader(self.fd, self._readable)
+        _readers.add(self)
 
     def _readable(self) -> None:
         channel = self._channel
@@ -324,6 +399,9 @@ class _LoopReader:
             self.loop.remove_reader(self.fd)
         os.close(self.fd)
         self.fd = -1
+
+
+_readers: weakref.WeakSet[_LoopReader] = weakref.WeakSet()  # for the fork hook
 
 
 class AsyncChannel(_Base):
@@ -407,6 +485,8 @@ class AsyncChannel(_Base):
 
     async def _post(self, payload: bytes, what: str) -> None:
         while self._unanswered:
+            if self._torn is not None:
+                raise self._torn_error(what)
             await self._receive(what)
             self._answered()
         await self._send(self._frame(payload), what)
@@ -416,13 +496,22 @@ class AsyncChannel(_Base):
     async def _send(self, data: bytes, what: str) -> None:
         fd = self.child.to_child
         view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(fd, view) :]
-            except BlockingIOError:
-                await anyio.wait_writable(fd)
-            except OSError:
-                raise self.child.crashed_error(what) from None
+        try:
+            while view:
+                try:
+                    view = view[os.write(fd, view) :]
+                except BlockingIOError:
+                    await anyio.wait_writable(fd)
+                except OSError:
+                    raise self.child.crashed_error(what) from None
+        except SandboxError:
+            raise  # the child is dead; the face books it
+        except BaseException as exc:  # cancelled mid-frame: the stream cannot be resumed
+            if view and len(view) < len(data):
+                self._tear(what, exc)
+                self._unanswered += 1  # routes the next request to the check in _post
+                _in_flight.count += 1
+            raise
 
     async def _receive(self, what: str) -> list[Any]:
         yielded = False

@@ -9,6 +9,7 @@ about the env. Also here: the small reply and action helpers every face uses.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,11 +40,15 @@ __all__ = [
     "SandboxInfo",
     "action_checker",
     "bad_action",
+    "discard",
+    "discard_all",
     "host_env_spec",
     "reply_values",
     "start_sandbox",
     "start_vector_sandboxes",
 ]
+
+_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,17 @@ async def start_sandbox(
             "first start does); raise startup_timeout, or build it ahead with "
             f"'rlmesh sandbox prepare {spec.label}' and the same packages"
         ) from None
+    except OSError as exc:
+        if child is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(child.stop, options.timeouts.failed_start_grace)
+        if exc.errno not in _OUT_OF_FDS:
+            raise
+        from .._backends.process import out_of_fds_hint
+
+        raise SandboxStartupError(
+            f"the sandbox for {name!r} could not start: {out_of_fds_hint()}", source=spec.label
+        ) from exc
     except BaseException:
         if child is not None:
             with anyio.CancelScope(shield=True):
@@ -229,6 +245,17 @@ async def start_vector_sandboxes(
             raise first from None
         raise
     return [sandbox for sandbox in started if sandbox is not None]
+
+
+def discard(sandbox: Sandbox) -> None:
+    """Stop a sandbox nobody will use (its start finished after the caller was interrupted)."""
+    sandbox.child.stop(sandbox.spec.options.timeouts.failed_start_grace)
+
+
+def discard_all(sandboxes: list[Sandbox]) -> None:
+    """``discard`` each of them."""
+    for sandbox in sandboxes:
+        discard(sandbox)
 
 
 def host_env_spec(sandbox: Sandbox) -> EnvSpec | None:

@@ -7,12 +7,15 @@ or the learner is slow, or both processes share one CPU and spinning only delays
 each missed window doubles how many waits skip spinning (up to 1024), so a slow or
 oversubscribed setup quickly falls back to plain blocking waits and burns no CPU.
 
-``RLMESH_SPIN_US`` sets the window in microseconds (``0`` turns spinning off). Standard
-library only: the sandbox worker uses it too.
+``RLMESH_SPIN_US`` sets the window in microseconds, from ``0`` (no spinning) to
+``MAX_SPIN_US``; anything else is a ``ValueError`` that says so (an endless window would burn
+a CPU and never reach the wait that bounds a call). Standard library only: the sandbox
+worker uses it too.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import time
@@ -24,11 +27,23 @@ DEFAULT_SPIN_US = 100.0
 MAX_SKIP = 1024
 
 
+MAX_SPIN_US = 100_000.0  # 0.1 s: far beyond any useful window, still a bounded one
+
+
 def _window_from_env() -> float:
-    try:
-        return max(0.0, float(os.environ.get(SPIN_ENV, DEFAULT_SPIN_US))) / 1e6
-    except ValueError:
+    text = os.environ.get(SPIN_ENV)
+    if text is None or not text.strip():
         return DEFAULT_SPIN_US / 1e6
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= MAX_SPIN_US:  # NaN fails this too
+        raise ValueError(
+            f"{SPIN_ENV}={text!r} is not a spin window: give microseconds from 0 (no spinning) "
+            f"to {MAX_SPIN_US:g}, or unset it for the default of {DEFAULT_SPIN_US:g}"
+        )
+    return value / 1e6
 
 
 class Spinner:

@@ -8,8 +8,9 @@ Two ways to get the protocol streams:
   containers). The worker moves them to private fds at once and points fd 1 at stderr, so
   env code that prints cannot reach the protocol stream.
 
-Also here: the resource limits, the host-death watchdog, and the fork guard that keeps the
-protocol fds out of processes the env starts.
+Also here: the resource limits, the host-death watchdog, the fork guard that keeps the
+protocol fds out of processes the env starts, and the subreaper that keeps every process the
+env starts (detached ones too) below the worker, so that it can end them all.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._wire.spin import Spinner
+from .._wire.tree import become_subreaper, kill_descendants
 from .serve import Worker
 
 __all__ = ["main"]
@@ -81,6 +83,7 @@ def _watch_host(fd: int) -> None:
                 break
         except InterruptedError:
             continue
+    kill_descendants(os.getpid())  # detached ones (setsid) too: they are below us
     with contextlib.suppress(OSError):
         os.killpg(0, signal.SIGKILL)  # us too: the host's stop() does the same on a close
 
@@ -118,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         rfd, wfd = options.fds
     _set_limits(options.max_memory, options.max_cpu_seconds)
+    become_subreaper()  # orphans of the env's processes stay below us, not under init
     threading.Thread(target=_watch_host, args=(rfd,), name="rlmesh-host-watch", daemon=True).start()
     os.set_inheritable(rfd, False)
     os.set_inheritable(wfd, False)
@@ -131,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(_fd_reader(rfd), _fd_writer(wfd))
     with contextlib.suppress(BrokenPipeError):  # the host went away mid-reply
         worker.serve()
+    kill_descendants(os.getpid())  # what the env started, detached or not, ends with us
     if not worker.closed_by_host:  # the host is gone: take what the env started with us
         with contextlib.suppress(OSError):
             os.killpg(0, signal.SIGKILL)
