@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import gymnasium as gym
 import pytest
+from processes import rlmesh
 
 from rlmesh.numpy import SandboxEnv
 
 pytestmark = pytest.mark.sandbox
 
-RLMESH = str(Path(sys.executable).parent / "rlmesh")
 
 
 @pytest.fixture
@@ -26,13 +25,6 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-def rlmesh(*args: str, code: int = 0) -> str:
-    result = subprocess.run(
-        [RLMESH, *args], capture_output=True, text=True, timeout=300,
-        env={**os.environ, "RLMESH_SANDBOX_ECHO": "0"},
-    )  # fmt: skip
-    assert result.returncode == code, (result.stdout, result.stderr)
-    return result.stdout + result.stderr
 
 
 def entries() -> list[dict]:

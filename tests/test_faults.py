@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import os
-import select
 import shutil
 import signal
 import socket
@@ -21,6 +20,7 @@ from pathlib import Path
 import anyio
 import numpy as np
 import pytest
+from processes import wait_gone
 from sandbox_options import TEST_ENVS
 
 from rlmesh import (
@@ -35,20 +35,6 @@ from rlmesh.numpy import AsyncSandboxEnv, RemoteObject, SandboxEnv, SandboxVecto
 pytestmark = [pytest.mark.faults, pytest.mark.sandbox]
 
 FAULTY = "rlmesh_test/Faulty-v0"
-
-
-def wait_gone(pid: int, timeout: float) -> bool:
-    """Whether process ``pid`` ends within ``timeout`` (a pidfd wait, no polling loop)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(int(timeout * 1000)))
-    finally:
-        os.close(fd)
 
 
 def fds() -> int:

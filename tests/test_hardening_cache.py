@@ -9,6 +9,7 @@ these tests.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,6 +24,8 @@ from typing import Any
 
 import anyio
 import pytest
+from processes import RLMESH
+from processes import rlmesh as run_rlmesh
 
 from rlmesh import SandboxBuildError
 from rlmesh._backends import venv, venv_cache
@@ -81,7 +84,6 @@ gym.register("rlmesh_hardening/Probe-v0", entry_point=Probe)
 
 
 SESSION_CACHE = Path(os.environ["RLMESH_CACHE_DIR"])  # set by conftest; tests may move it
-RLMESH = str(Path(sys.executable).parent / "rlmesh")
 
 
 def probe_package() -> str:
@@ -301,18 +303,13 @@ def the_venv(cache: Path) -> Path:
     return path
 
 
+rlmesh = functools.partial(run_rlmesh, no_traceback=True)
+
+
 def numpy_init(venv_path: Path) -> Path:
     return next(venv_path.glob("lib/python*/site-packages/numpy/__init__.py"))
 
 
-def rlmesh(*args: str, code: int = 0) -> str:
-    result = subprocess.run(
-        [RLMESH, *args], capture_output=True, text=True, timeout=300,
-        env={**os.environ, "RLMESH_SANDBOX_ECHO": "0"},
-    )  # fmt: skip
-    assert result.returncode == code, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    return result.stdout + result.stderr
 
 
 def use_probe() -> dict[str, Any]:

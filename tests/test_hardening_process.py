@@ -26,6 +26,7 @@ from pathlib import Path
 import anyio
 import numpy as np
 import pytest
+from processes import wait_gone
 from sandbox_options import ENVS_PACKAGE, TEST_ENVS
 
 from rlmesh import SandboxCrashedError
@@ -41,20 +42,6 @@ faults = pytest.mark.faults
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def wait_gone(pid: int, timeout: float) -> bool:
-    """Whether process ``pid`` ends within ``timeout`` (a pidfd wait, no polling loop)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(int(timeout * 1000)))
-    finally:
-        os.close(fd)
 
 
 def kill_quietly(pid: int) -> None:
