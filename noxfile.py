@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["tests"]
 
 
+# A CPU build of torch for the SB3 tests: PyPI's torch is a CUDA build of several GB, and
+# machines here carry a CPU wheel on disk. Without one, tests/test_sb3.py says it is skipped.
+TORCH_WHEELS = Path("/opt/wheels")
+
+
+def _torch_cpu_wheel(session: nox.Session) -> str | None:
+    tag = session.run("python", "-c", "import sys; print('cp%d%d' % sys.version_info[:2])",
+                      silent=True)  # fmt: skip
+    found = sorted(TORCH_WHEELS.glob(f"torch-*+cpu-{str(tag).strip()}-*.whl"))
+    return str(found[-1]) if found else None
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the whole test suite (real uv venvs and sandbox processes)."""
     session.install("-e", ".[test]")
+    wheel = _torch_cpu_wheel(session)
+    if wheel:
+        session.install(wheel, "-e", ".[sb3]")
     session.run("pytest", *session.posargs)
 
 
