@@ -95,6 +95,7 @@ def _cache_list(args: argparse.Namespace) -> int:
                 "key": e.key, "source": e.source, "requirements": list(e.requirements),
                 "size": e.size, "created": e.created, "last_used": e.last_used,
                 "in_use": e.in_use, "path": str(e.path), "problem": e.problem,
+                "installed": _cache.installed_versions(e.path) if e.problem is None else {},
             }
             for e in entries
         ]  # fmt: skip

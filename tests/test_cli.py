@@ -67,6 +67,7 @@ def test_prepare_then_list_then_prune_spares_venvs_in_use(cache: Path) -> None:
     [entry] = entries()
     assert entry["source"] == "CartPole-v1" and entry["size"] > 10_000_000
     assert f"gymnasium=={version}" in entry["requirements"] and not entry["in_use"]
+    assert entry["installed"]["gymnasium"] == version and "numpy" in entry["installed"]
     table = rlmesh("cache", "list")
     assert entry["key"] in table and "CartPole-v1" in table
 

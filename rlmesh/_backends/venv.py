@@ -57,7 +57,6 @@ from packaging.utils import canonicalize_name
 
 from .._config import Options, Resolved
 from .._errors import SandboxBuildError
-from .._version import __version__
 from .._wire.protocol import PROTOCOL_VERSION
 from . import payload
 from . import venv_cache as _cache
@@ -66,6 +65,7 @@ from .bwrap import bwrap_command, bwrap_environment
 from .payload import dist_version, requirements_file, sandbox_requirements
 from .process import ChildProcess, raise_fd_limit, spawn_worker
 from .python import find_interpreter
+from .venv_cache import installed_versions
 
 __all__ = ["Venv", "VenvBackend", "ensure_venv", "key_inputs", "venv_key"]
 
@@ -540,18 +540,6 @@ async def _build(reqs: list[str], inputs: dict[str, Any], tmp: Path, progress: _
     if code:
         raise _failed(progress.label, step, code, tail[-3000:],
                       "the installed packages do not import together")  # fmt: skip
-
-
-def installed_versions(venv: Path) -> dict[str, str]:
-    """name -> version of every distribution installed in ``venv`` (its dist-info folders),
-    plus the rlmesh copied into it."""
-    versions: dict[str, str] = {}
-    for info in sorted(venv.glob("lib/python*/site-packages/*.dist-info")):
-        name, _, version = info.name.removesuffix(".dist-info").rpartition("-")
-        versions[canonicalize_name(name)] = version
-    if "rlmesh" not in versions and any(venv.glob("lib/python*/site-packages/rlmesh")):
-        versions["rlmesh"] = f"{__version__} (copied from the host)"
-    return versions
 
 
 def _child_env(venv_path: str, options: Options) -> dict[str, str]:

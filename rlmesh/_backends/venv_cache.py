@@ -38,7 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packaging.utils import canonicalize_name
+
 from .._errors import SandboxBuildError
+from .._version import __version__
 from .venv_integrity import MARKER, damage, read_marker, unsafe_reason
 
 __all__ = [
@@ -252,6 +255,18 @@ class CacheEntry:
     last_used: float
     in_use: bool
     problem: str | None = None
+
+
+def installed_versions(venv: Path) -> dict[str, str]:
+    """name -> version of every distribution installed in ``venv`` (its dist-info folders),
+    plus the rlmesh copied into it."""
+    versions: dict[str, str] = {}
+    for info in sorted(venv.glob("lib/python*/site-packages/*.dist-info")):
+        name, _, version = info.name.removesuffix(".dist-info").rpartition("-")
+        versions[canonicalize_name(name)] = version
+    if "rlmesh" not in versions and any(venv.glob("lib/python*/site-packages/rlmesh")):
+        versions["rlmesh"] = f"{__version__} (copied from the host)"
+    return versions
 
 
 def _size(path: Path) -> int:
