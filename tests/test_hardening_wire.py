@@ -593,3 +593,23 @@ def test_opaque_spaces_check_and_sample_through_the_sandbox_inside_a_dict(host_e
         vector.close()
     report = check_sandbox_env("rlmesh_test/Mission-v0", seeds=(0,), **TEST_ENVS)
     assert report.compared
+
+
+def test_infos_nested_past_the_join_limit_are_a_protocol_error_not_a_recursion_error() -> None:
+    """Two workers' infos, each a dict nested 1000 deep (msgpack decodes that; joining it
+    recursed past Python's limit)."""
+    from rlmesh import ProtocolError
+    from rlmesh._core.batch import MAX_INFO_DEPTH, merge_infos
+
+    def nested(depth: int) -> dict:
+        info: dict = {"x": np.zeros(1)}
+        for _ in range(depth):
+            info = {"k": info}
+        return info
+
+    with pytest.raises(ProtocolError, match="nested more than 64 dicts deep"):
+        merge_infos([nested(1000), nested(1000)], [1, 1])
+    joined = merge_infos([nested(MAX_INFO_DEPTH), nested(MAX_INFO_DEPTH)], [1, 1])
+    for _ in range(MAX_INFO_DEPTH):
+        joined = joined["k"]
+    assert joined["x"].shape == (2,)

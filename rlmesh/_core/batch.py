@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from .._errors import ProtocolError
+
 __all__ = [
     "check_reset_mask",
     "concat",
@@ -159,15 +161,24 @@ def _blank(like: Any, size: int) -> Any:
     return None
 
 
-def merge_infos(parts: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
+MAX_INFO_DEPTH = 64  # nested info dicts joined; deeper is a forged reply, not an env's info
+
+
+def merge_infos(parts: list[dict[str, Any]], sizes: list[int], depth: int = 0) -> dict[str, Any]:
     """Join per-worker info dicts as one vector env would have built them.
 
     Arrays are concatenated; a worker that lacks a key contributes blank entries (zeros,
     ``False`` masks, ``None`` for objects), exactly as Gymnasium leaves sub-envs that did not
-    report the key.
+    report the key. Dicts nested deeper than ``MAX_INFO_DEPTH`` are a ``ProtocolError``
+    (msgpack decodes dicts ~1000 deep, past Python's recursion limit for this join).
     """
     if len(parts) == 1:
         return parts[0]
+    if depth > MAX_INFO_DEPTH:
+        raise ProtocolError(
+            f"the sandbox sent infos nested more than {MAX_INFO_DEPTH} dicts deep, which no "
+            "env's info is; the reply is refused"
+        )
     keys: list[str] = []
     for part in parts:
         keys.extend(key for key in part if key not in keys)
@@ -175,7 +186,7 @@ def merge_infos(parts: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]
     for key in keys:
         like = next(part[key] for part in parts if key in part)
         if isinstance(like, dict):
-            merged[key] = merge_infos([part.get(key, {}) for part in parts], sizes)
+            merged[key] = merge_infos([part.get(key, {}) for part in parts], sizes, depth + 1)
         elif isinstance(like, np.ndarray):
             pieces = [
                 part[key] if key in part else _blank(like, size)
