@@ -18,12 +18,12 @@ import gymnasium as gym
 from gymnasium import spaces
 
 from ._core.channels import AsyncChannel, BlockingChannel
-from ._core.face import AsyncFace, Face, public_face
-from ._core.lifecycle import State
+from ._core.face import AsyncFace, SingleFace, public_face
+from ._core.lifecycle import State, reraise
 from ._core.portal import portal_call
 from ._core.single import EnvCore
 from ._core.spec import spec_from_arguments
-from ._core.startup import SandboxInfo, bad_action, discard, reply_values, start_sandbox
+from ._core.startup import bad_action, discard, reply_values, start_sandbox
 from ._errors import SandboxError
 from ._wire import protocol as P
 from ._wire.spaces import OpaqueSpace
@@ -35,7 +35,7 @@ _ASYNC_HINT = "use 'await AsyncSandboxEnv.create(...)' or 'async with AsyncSandb
 
 
 @public_face(vector=False)
-class SandboxEnv(Face, gym.Env[Any, Any]):
+class SandboxEnv(SingleFace, gym.Env[Any, Any]):
     """A Gymnasium environment running in its own sandbox process.
 
     A real ``gymnasium.Env``: use it with wrappers, ``check_env`` and training code as usual.
@@ -126,26 +126,13 @@ class SandboxEnv(Face, gym.Env[Any, Any]):
         """The sandbox process id."""
         return self._core.started().child.pid
 
-    @property
-    def sandbox(self) -> SandboxInfo:
-        """What this sandbox is: requested and resolved source, backend, venv key, packages."""
-        return self._core.started().info
-
-    @property
-    def sandbox_versions(self) -> dict[str, Any]:
-        """Versions the sandbox reported in its handshake (rlmesh, python, gymnasium, numpy)."""
-        return dict(self._core.started().versions)
-
     def _call(self, message: list[Any], what: str, length: int) -> list[Any]:
         core = self._core
         core.life.check_ready()
         try:
             return reply_values(self._request(core.frame(message), what, self._timeout), length)
         except SandboxError as exc:
-            error = core.failed(exc, what)
-            if error is exc:
-                raise
-            raise error from exc
+            reraise(core.failed(exc, what), exc)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -178,10 +165,7 @@ class SandboxEnv(Face, gym.Env[Any, Any]):
             if reply[0] != _OK or len(reply) != 6:
                 reply_values(reply, 6)
         except SandboxError as exc:
-            error = self._core.failed(exc, "step()")
-            if error is exc:
-                raise
-            raise error from exc
+            reraise(self._core.failed(exc, "step()"), exc)
         return reply[1], reply[2], reply[3], reply[4], reply[5]
 
     def render(self) -> Any:
@@ -230,7 +214,7 @@ class SandboxEnv(Face, gym.Env[Any, Any]):
 
 
 @public_face(vector=False)
-class AsyncSandboxEnv(AsyncFace):
+class AsyncSandboxEnv(SingleFace, AsyncFace):
     """A Gymnasium environment running in its own sandbox process, driven with ``await``.
 
     Start it with ``env = await AsyncSandboxEnv.create(...)`` or ``async with
@@ -300,16 +284,6 @@ class AsyncSandboxEnv(AsyncFace):
         sandbox = self._core.sandbox
         return None if sandbox is None else sandbox.child.pid
 
-    @property
-    def sandbox(self) -> SandboxInfo:
-        """What this sandbox is: requested and resolved source, backend, venv key, packages."""
-        return self._core.started().info
-
-    @property
-    def sandbox_versions(self) -> dict[str, Any]:
-        """Versions the sandbox reported in its handshake (rlmesh, python, gymnasium, numpy)."""
-        return dict(self._core.started().versions)
-
     # -- calls -----------------------------------------------------------------------------
 
     async def _call(self, message: list[Any], what: str, length: int) -> list[Any]:
@@ -320,10 +294,7 @@ class AsyncSandboxEnv(AsyncFace):
             reply = await self._channel.request(core.encode(message), what, core.timeouts.call)
             return reply_values(reply, length)
         except SandboxError as exc:
-            error = core.failed(exc, what)
-            if error is exc:
-                raise
-            raise error from exc
+            reraise(core.failed(exc, what), exc)
 
     async def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

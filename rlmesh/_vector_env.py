@@ -18,12 +18,11 @@ import anyio
 import gymnasium as gym
 
 from ._core.channels import AsyncChannel, BlockingChannel
-from ._core.face import AsyncFace, Face, public_face
-from ._core.lifecycle import State
+from ._core.face import AsyncFace, VectorFace, public_face
+from ._core.lifecycle import State, reraise
 from ._core.portal import portal_call
 from ._core.spec import spec_from_arguments
 from ._core.startup import (
-    SandboxInfo,
     discard,
     discard_all,
     host_env_spec,
@@ -45,7 +44,7 @@ _ASYNC_HINT = (
 
 
 @public_face(vector=True)
-class SandboxVectorEnv(Face, gym.vector.VectorEnv[Any, Any, Any]):
+class SandboxVectorEnv(VectorFace, gym.vector.VectorEnv[Any, Any, Any]):
     """``num_envs`` copies of an environment in ``num_workers`` sandbox processes.
 
     A real ``gymnasium.vector.VectorEnv``. Each worker runs a Gymnasium vector env of its
@@ -89,17 +88,6 @@ class SandboxVectorEnv(Face, gym.vector.VectorEnv[Any, Any, Any]):
                     reply_values(channel.request(undo, "shm setup"), 2)
 
     @property
-    def sandbox(self) -> SandboxInfo:
-        """What the workers' sandbox is (they share one environment): requested and resolved
-        source, backend, venv key, packages."""
-        return self._core.started().sandboxes[0].info
-
-    @property
-    def pids(self) -> list[int | None]:
-        """The worker processes' ids."""
-        return [s.child.pid for s in self._core.sandboxes]
-
-    @property
     def np_random_seed(self) -> tuple[Any, ...]:  # type: ignore[override]
         """The seed of every sub-env's random generator, as Gymnasium's vector envs give it
         (after ``reset(seed=42)``: ``(42, 43, ...)``)."""
@@ -109,10 +97,7 @@ class SandboxVectorEnv(Face, gym.vector.VectorEnv[Any, Any, Any]):
         try:
             return call()
         except SandboxError as exc:
-            error = self._core.failed(exc, what)
-            if error is exc:
-                raise
-            raise error from exc
+            reraise(self._core.failed(exc, what), exc)
 
     def _exchange(self, payloads: Sequence[bytes | None], what: str, *, send: bool = True,
                   receive: bool = True) -> list[Any]:  # fmt: skip
@@ -251,7 +236,7 @@ def _started(attribute: str, doc: str | None = None) -> Any:
 
 
 @public_face(vector=True)
-class AsyncSandboxVectorEnv(AsyncFace):
+class AsyncSandboxVectorEnv(VectorFace, AsyncFace):
     """``num_envs`` copies of an environment in ``num_workers`` sandbox processes, driven
     with ``await``.
 
@@ -307,17 +292,6 @@ class AsyncSandboxVectorEnv(AsyncFace):
         self._core.started()
         return self._env_spec
 
-    @property
-    def sandbox(self) -> SandboxInfo:
-        """What the workers' sandbox is (they share one environment): requested and resolved
-        source, backend, venv key, packages."""
-        return self._core.started().sandboxes[0].info
-
-    @property
-    def pids(self) -> list[int | None]:
-        """The worker processes' ids."""
-        return [s.child.pid for s in self._core.sandboxes]
-
     async def _exchange(self, payloads: Sequence[bytes | None], what: str, *,
                         send: bool = True, receive: bool = True) -> list[Any]:  # fmt: skip
         """Send to and/or receive from the workers whose payload is not ``None``."""
@@ -338,10 +312,7 @@ class AsyncSandboxVectorEnv(AsyncFace):
                     got[index] = await channels[index].receive(what, timeout)
             return got
         except SandboxError as exc:
-            error = core.failed(exc, what)
-            if error is exc:
-                raise
-            raise error from exc
+            reraise(core.failed(exc, what), exc)
 
     async def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None

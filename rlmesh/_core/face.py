@@ -14,9 +14,12 @@ from typing import Any, Protocol, TypeVar
 
 from .._config import face_signature, options_doc
 from .lifecycle import Lifecycle, State
+from .single import EnvCore
 from .spec import SandboxSpec
+from .startup import SandboxInfo
+from .vector import VectorCore
 
-__all__ = ["AsyncFace", "Face", "public_face"]
+__all__ = ["AsyncFace", "Face", "SingleFace", "VectorFace", "public_face"]
 
 PUBLIC_MODULE = "rlmesh.numpy"
 _T = TypeVar("_T", bound=type)
@@ -68,6 +71,39 @@ class Face:
         """Pickling and ``deepcopy`` make an equivalent sandbox from the same options in the
         unpickling process (the env's state is not copied); see the guide."""
         return self._core.spec.rebuild(type(self), vector=self._vector), ()
+
+
+class SingleFace(Face):
+    """What both single-env faces show of their sandbox."""
+
+    _core: EnvCore
+
+    @property
+    def sandbox(self) -> SandboxInfo:
+        """What this sandbox is: requested and resolved source, backend, venv key, packages."""
+        return self._core.started().info
+
+    @property
+    def sandbox_versions(self) -> dict[str, Any]:
+        """Versions the sandbox reported in its handshake (rlmesh, python, gymnasium, numpy)."""
+        return dict(self._core.started().versions)
+
+
+class VectorFace(Face):
+    """What both vector faces show of their workers."""
+
+    _core: VectorCore
+
+    @property
+    def sandbox(self) -> SandboxInfo:
+        """What the workers' sandbox is (they share one environment): requested and resolved
+        source, backend, venv key, packages."""
+        return self._core.started().sandboxes[0].info
+
+    @property
+    def pids(self) -> list[int | None]:
+        """The worker processes' ids (empty before the start)."""
+        return [s.child.pid for s in self._core.sandboxes]
 
 
 _Face = TypeVar("_Face", bound="AsyncFace")

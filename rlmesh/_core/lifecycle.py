@@ -15,12 +15,13 @@ Gymnasium's own errors for misuse.
 from __future__ import annotations
 
 import enum
+from typing import NoReturn
 
 from gymnasium.error import AlreadyPendingCallError, NoAsyncCallError
 
 from .._errors import RemoteEnvError, SandboxClosedError, SandboxError
 
-__all__ = ["TRANSITIONS", "Event", "Lifecycle", "State", "is_fatal"]
+__all__ = ["TRANSITIONS", "Event", "Lifecycle", "State", "is_fatal", "reraise"]
 
 
 class State(enum.Enum):
@@ -53,6 +54,13 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (_X, Event.CLOSED): _X,  # close() is idempotent
     (_X, Event.FAILED): _X,  # a call that close() ended from another thread or task
 }
+
+
+def reraise(error: SandboxError, exc: SandboxError) -> NoReturn:
+    """Raise what a core's ``failed`` said to raise for ``exc`` (chained when it differs)."""
+    if error is exc:
+        raise exc
+    raise error from exc
 
 
 def is_fatal(exc: BaseException) -> bool:
