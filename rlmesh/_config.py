@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 RLMESH_PACKAGE_ENV = "RLMESH_SANDBOX_RLMESH_PACKAGE"
+BASE_IMAGE_ENV = "RLMESH_SANDBOX_BASE_IMAGE"
 ISOLATIONS = (None, "none", "bwrap")
 VECTORIZATION_MODES = ("sync", "async")
 _IMPORT = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
@@ -132,10 +133,36 @@ def _optional_str(name: str, value: Any) -> str | None:
 
 def _base_image(name: str, value: Any) -> str | None:
     if value is None:
+        value = os.environ.get(BASE_IMAGE_ENV) or None
+    if value is None:
         return None
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"base_image must be a Docker image name, not {value!r}")
+    if not isinstance(value, str) or not value.strip() or value.strip().startswith("-"):
+        raise ValueError(
+            f"base_image must be a Docker image name (like 'python:3.12-slim'), not {value!r}"
+        )
     return value.strip()
+
+
+def _cpus(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"cpus must be a number of CPUs (like 1.5), not {value!r}")
+    if not 0 < value < math.inf:
+        raise ValueError(f"cpus must be a positive number of CPUs, not {value!r}")
+    return float(value)
+
+
+_GPUS = re.compile(r"^(all|\d+(,\d+)*)$")
+
+
+def _gpus(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not _GPUS.match(text.strip()):
+        raise ValueError(f"gpus must be 'all' or device numbers like '0' or '0,1', not {value!r}")
+    return text.strip()
 
 
 def _rlmesh_package(name: str, value: Any) -> str | None:
@@ -350,7 +377,17 @@ OPTIONS: tuple[Option, ...] = (
            "wrapper class, or ``functools.partial`` of one), so a preprocessed observation "
            "crosses instead of the raw one. They travel with cloudpickle, host to sandbox."),
     Option("base_image", None, _base_image, "str | None",
-           "Docker image for the container backend (not available yet).", cli="str"),
+           "Run the sandbox in a container of this image (podman or docker) instead of a "
+           "host virtualenv; the image's own Python runs the env. Default: "
+           "``$RLMESH_SANDBOX_BASE_IMAGE``, else none.", cli="str"),
+    Option("network", False, _flag, "bool",
+           "Give a container (or ``isolation=\"bwrap\"``) sandbox the network; off by "
+           "default.", cli="flag"),
+    Option("cpus", None, _cpus, "float | None",
+           "CPUs a container sandbox may use (``--cpus``).", cli="number"),
+    Option("gpus", None, _gpus, "str | None",
+           "GPUs for a container sandbox: ``\"all\"`` or device numbers (``\"0,1\"``).",
+           cli="str"),
     Option("rlmesh_package", None, _rlmesh_package, "str | None",
            "The rlmesh installed in the sandbox: ``\"local\"`` (newest wheel in ``dist/``), a "
            "wheel path or a pip specifier. Default: ``$RLMESH_SANDBOX_RLMESH_PACKAGE``, else "
@@ -373,7 +410,8 @@ OPTIONS: tuple[Option, ...] = (
            "of the host's (or, under ``isolation=\"bwrap\"``, of a minimal environment). Not "
            "part of the cache key.", cli="list"),
     Option("max_memory", None, _limit, "int | None",
-           "Address-space limit of the sandbox process in bytes (``RLIMIT_AS``).", cli="int"),
+           "Memory limit in bytes: the sandbox process's address space (``RLIMIT_AS``), or "
+           "a container's memory (``--memory``).", cli="int"),
     Option("max_cpu_seconds", None, _limit, "int | None",
            "CPU-time limit of the sandbox process (``RLIMIT_CPU``).", cli="int"),
     Option("auto_restart", False, _flag, "bool",
@@ -504,6 +542,7 @@ _CLI_TYPES: dict[str, dict[str, Any]] = {
     "flag": {"action": "store_true", "default": None},
     "str": {"metavar": "TEXT"},
     "float": {"type": float, "metavar": "SECONDS"},
+    "number": {"type": float, "metavar": "N"},
     "int": {"type": int, "metavar": "N"},
 }
 

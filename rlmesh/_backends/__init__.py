@@ -2,7 +2,8 @@
 
 - ``venv``: a uv virtualenv on this host and a child process in it (optionally under
   bubblewrap). The default.
-- containers (``base_image=``) and Ray are to come, as further ``Backend``s.
+- ``container``: a container of ``base_image`` (podman or docker) with a sandbox environment
+  built on the host and mounted read-only.
 
 Every backend starts the same worker (``rlmesh._worker``) with the same child-side files
 (``payload``), and hands the core a ``WorkerHandle``.
@@ -17,12 +18,17 @@ __all__ = ["Backend", "WorkerHandle", "backend_for"]
 
 
 def backend_for(options: Options) -> Backend:
-    """The backend the options ask for; ``NotImplementedError`` for one not built yet."""
+    """The backend the options ask for."""
     if options.base_image is not None:
-        raise NotImplementedError(
-            "the Docker backend (base_image=...) is not available yet; leave base_image unset "
-            "to run the environment in a uv virtualenv"
-        )
+        from .container import ContainerBackend
+
+        return ContainerBackend()
+    for name in ("cpus", "gpus"):
+        if options[name] is not None:
+            raise ValueError(
+                f"{name}={options[name]!r} applies to container sandboxes: pass base_image=... "
+                f"as well, or leave {name} unset"
+            )
     from .venv import VenvBackend
 
     return VenvBackend()

@@ -109,7 +109,9 @@ def _user_namespace_possible() -> bool:
         return False
 
 
-def bwrap_command(keep: Sequence[str] = (), cwd: str = "/tmp") -> list[str]:
+def bwrap_command(
+    keep: Sequence[str] = (), cwd: str = "/tmp", *, network: bool = False
+) -> list[str]:
     """The bubblewrap prefix of ``isolation="bwrap"``.
 
     The sandbox gets no network, its own PID, IPC, UTS (and, where possible, user)
@@ -119,7 +121,8 @@ def bwrap_command(keep: Sequence[str] = (), cwd: str = "/tmp") -> list[str]:
     unconnectable file; and, on a root host, the files and directories of ``/etc`` that only
     root may read covered (by ``/dev/null``, unreadable there, and empty directories).
     ``keep`` are paths (the venv, the interpreter) bound read-only again on top of
-    what is hidden, in case they live there. Pair it with ``bwrap_environment()``.
+    what is hidden, in case they live there; ``network`` shares the host's network. Pair it
+    with ``bwrap_environment()``.
     """
     binary = shutil.which("bwrap")
     if binary is None:
@@ -135,7 +138,8 @@ def bwrap_command(keep: Sequence[str] = (), cwd: str = "/tmp") -> list[str]:
     hidden = _hidden_dirs()
     covered = ["/tmp", *hidden]
     args = [
-        binary, "--die-with-parent", "--unshare-all", *user, "--cap-drop", "ALL",
+        binary, "--die-with-parent", "--unshare-all", *(["--share-net"] if network else []),
+        *user, "--cap-drop", "ALL",
         "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
     ]  # fmt: skip
     emptied = list(hidden)  # empty tmpfs mounts, made read-only at the end

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from .._errors import SandboxCrashedError
 from .._wire.tree import kill_descendants
 from .output import OutputPump
 
-__all__ = ["ChildProcess", "raise_fd_limit", "spawn_worker"]
+__all__ = ["ChildProcess", "raise_fd_limit", "spawn", "spawn_worker"]
 
 PIPE_SIZE = 1 << 20  # a 1 MiB pipe carries a typical image observation in one write
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -317,6 +317,33 @@ def spawn_worker(
     (bubblewrap). Raises ``OSError`` (``EMFILE``) when this process is out of fds, with
     every fd it opened closed again.
     """
+
+    def argv(child_read: int, child_write: int) -> list[str]:
+        return [*wrapper, str(python), "-s", *extra_args, "-c", _BOOT,
+                "--fds", str(child_read), str(child_write), *worker_args]  # fmt: skip
+
+    return spawn(argv, label=label, env=_child_environment(env), cwd=cwd, keep_fds=keep_fds,
+                 timeouts=timeouts, private_pids=bool(wrapper))  # fmt: skip
+
+
+def spawn(
+    argv: Callable[[int, int], list[str]],
+    *,
+    label: str,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    keep_fds: Sequence[int] = (),
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
+    private_pids: bool = False,
+    stdio: bool = False,
+    handle: Callable[..., ChildProcess] | None = None,
+) -> ChildProcess:
+    """Start ``argv(child_read, child_write)`` with the protocol pipes: passed as those fds,
+    or with ``stdio`` as its stdin and stdout (a container engine's CLI forwards only stdio).
+
+    Its stdout and stderr (stderr alone with ``stdio``) go to an ``OutputPump``. ``handle``
+    makes the ``ChildProcess`` (a subclass for backends that end their workers otherwise).
+    """
     raise_fd_limit()
     opened: list[int] = []
     try:
@@ -329,27 +356,15 @@ def spawn_worker(
     host_read, child_write, child_read, host_write, out_read, out_write = opened
     _grow_pipe(host_read)
     _grow_pipe(host_write)
-    argv = [
-        *wrapper,
-        str(python),
-        "-s",
-        *extra_args,
-        "-c",
-        _BOOT,
-        "--fds",
-        str(child_read),
-        str(child_write),
-        *worker_args,
-    ]
     try:
         popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out_write,
+            argv(child_read, child_write),
+            stdin=child_read if stdio else subprocess.DEVNULL,
+            stdout=child_write if stdio else out_write,
             stderr=out_write,
-            pass_fds=(child_read, child_write, *keep_fds),
+            pass_fds=keep_fds if stdio else (child_read, child_write, *keep_fds),
             start_new_session=True,
-            env=_child_environment(env),
+            env=env,
             cwd=cwd,
         )
     except BaseException:
@@ -360,9 +375,9 @@ def spawn_worker(
         os.close(fd)
     echo = os.environ.get(ECHO_ENV, "1") != "0"
     pump = OutputPump(out_read, f"[{label} pid {popen.pid}] ", echo)
-    child = ChildProcess(
-        popen, host_write, host_read, pump, label, private_pids=bool(wrapper), timeouts=timeouts
-    )
+    make = handle or ChildProcess
+    child = make(popen, host_write, host_read, pump, label, private_pids=private_pids,
+                 timeouts=timeouts)  # fmt: skip
     try:
         pump.start()
     except BaseException:  # no thread to be had: do not leave the child behind

@@ -47,6 +47,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,16 @@ def _rlmesh_item(options: Options) -> dict[str, str]:
 def key_inputs(options: Options, resolved: Resolved) -> dict[str, Any]:
     """Everything the cache key covers, as plain data (also stored in the venv's marker)."""
     python = find_interpreter(options.python)
+    return {
+        "python": python.path,
+        "python_version": python.version,
+        **content_inputs(options, resolved),
+    }
+
+
+def content_inputs(options: Options, resolved: Resolved) -> dict[str, Any]:
+    """What any backend's cache key covers of what goes in: the requirements (local ones by
+    content), uv's version, the rlmesh that goes in, the protocol and the layout."""
     reqs = sorted(_normalise(item) for item in sandbox_requirements(options, resolved))
     local = {}
     for item in reqs:
@@ -217,8 +228,6 @@ def key_inputs(options: Options, resolved: Resolved) -> dict[str, Any]:
     return {
         "layout": LAYOUT,
         "protocol": PROTOCOL_VERSION,
-        "python": python.path,
-        "python_version": python.version,
         "uv": dist_version("uv"),
         "requirements": reqs,
         "local": local,
@@ -385,6 +394,9 @@ async def _install(progress: _Progress, args: list[str], step: str) -> None:
         raise _failed(progress.label, step, code, tail, "check the package names and versions")
 
 
+Builder = Callable[[Path, "_Progress"], Awaitable[None]]
+
+
 async def ensure_venv(options: Options, resolved: Resolved, label: str) -> Venv:
     """Return the sandbox venv for these options (in use until ``in_use_fd`` is closed).
 
@@ -394,6 +406,16 @@ async def ensure_venv(options: Options, resolved: Resolved, label: str) -> Venv:
     write is refused.
     """
     inputs = await anyio.to_thread.run_sync(key_inputs, options, resolved)
+    reqs = sandbox_requirements(options, resolved)
+    return await ensure_built(
+        inputs, label, lambda tmp, progress: _build(reqs, inputs, tmp, progress)
+    )
+
+
+async def ensure_built(inputs: dict[str, Any], label: str, build: Builder) -> Venv:
+    """The cached environment for ``inputs`` (its key), built by ``build(tmp, progress)``
+    into a fresh directory if missing or damaged; ``ensure_venv``'s machinery, for every
+    kind of environment the cache holds (venvs, container mounts)."""
     key = venv_key(inputs)
     final = _cache.venvs_dir() / key
     _cache.check_trusted(final)
@@ -419,7 +441,7 @@ async def ensure_venv(options: Options, resolved: Resolved, label: str) -> Venv:
                 f"{_cache.CACHE_ENV} at a directory you can write",
                 source=label,
             )
-        await _build_and_publish(options, resolved, label, inputs, key, final)
+        await _build_and_publish(build, label, inputs, key, final)
         fd = await _wait_in_use(final)
         if fd is None:
             raise SandboxBuildError(f"the sandbox venv {final} vanished right after its build")
@@ -489,7 +511,7 @@ async def _wait_in_use(final: Path) -> int | None:
 
 
 async def _build_and_publish(
-    options: Options, resolved: Resolved, label: str, inputs: dict[str, Any], key: str, final: Path
+    build: Builder, label: str, inputs: dict[str, Any], key: str, final: Path
 ) -> None:
     root = final.parent
     for stale in root.glob(f".tmp-{key}-*"):  # dead builds of this key: we hold the lock
@@ -501,7 +523,7 @@ async def _build_and_publish(
     progress = _Progress(label)
     progress.say(f"building sandbox venv (key {key})")
     try:
-        await _build(sandbox_requirements(options, resolved), inputs, tmp, progress)
+        await build(tmp, progress)
         files = await anyio.to_thread.run_sync(_integrity.manifest, tmp)
         marker = {
             "key": key, "source": label, "created": time.time(), "inputs": inputs, "files": files,
@@ -572,7 +594,7 @@ class VenvBackend:
         wrapper: list[str] = []
         if bwrap:
             keep = [str(venv.path), find_interpreter(options.python).prefix, *resolved.mounts]
-            wrapper = bwrap_command(keep)
+            wrapper = bwrap_command(keep, network=options.network)
         details = {"backend": self.name, "venv_key": venv.key,
                    "packages": installed_versions(venv.path)}  # fmt: skip
         try:  # the child inherits the venv's in-use lock, so no prune removes it meanwhile
