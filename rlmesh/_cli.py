@@ -59,11 +59,13 @@ def _prepare(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with SandboxEnv(args.source, **_config.cli_options(args)) as env:
         env.reset(seed=0)
-        venv = Path(env.sandbox_versions["executable"]).parent.parent
         versions = env.sandbox_versions
-        resolved = env.sandbox.resolved_source
+        info = env.sandbox
+    where = _cache.venvs_dir() / str(info.venv_key)
+    if info.container:
+        where = Path(f"{info.container['image']} ({info.container['engine']}), environment {where}")
     print(
-        f"ready: {resolved} in {venv} (python {versions['python']}, gymnasium "
+        f"ready: {info.resolved_source} in {where} (python {versions['python']}, gymnasium "
         f"{versions['gymnasium']}, numpy {versions['numpy']}; {time.monotonic() - started:.1f} s)"
     )
     return 0
@@ -162,6 +164,16 @@ def _check(ok: bool, what: str, detail: str) -> bool:
     return ok
 
 
+def _engine() -> str:
+    from ._backends.engine import find_engine
+
+    try:
+        engine = find_engine()
+    except SandboxError as exc:
+        return f"none ({exc})"
+    return f"{engine.name} {engine.version} at {engine.path}"
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from ._backends.venv import offline, uv_binary
 
@@ -197,9 +209,7 @@ def _doctor(args: argparse.Namespace) -> int:
                    "them" if damaged else f"all {count} as built")  # fmt: skip
     print(f"[info] offline mode: {'on' if offline() else 'off'} (RLMESH_OFFLINE)")
     print("[ok] backend venv: uv virtualenvs with the host interpreter")
-    docker = shutil.which("docker")
-    print(f"[info] backend docker: {'client at ' + docker if docker else 'no docker client'}; "
-          "base_image sandboxes are not implemented yet")  # fmt: skip
+    print(f"[info] backend container: engine {_engine()} (for base_image=...)")
     bwrap = shutil.which("bwrap")
     print(f"[info] bubblewrap: {bwrap or 'not installed'}")
     return 0 if good else 1

@@ -29,9 +29,9 @@ def pytest_configure(config: pytest.Config) -> None:
         _created.append(root)
     os.environ["RLMESH_CACHE_DIR"] = str(Path(root) / "rlmesh")
     os.environ["UV_CACHE_DIR"] = str(Path(root) / "uv")
-    os.environ.pop(
-        "RLMESH_SANDBOX_RLMESH_PACKAGE", None
-    )  # tests choose the rlmesh package explicitly
+    # tests choose the rlmesh package and the backend explicitly
+    os.environ.pop("RLMESH_SANDBOX_RLMESH_PACKAGE", None)
+    os.environ.pop("RLMESH_SANDBOX_BASE_IMAGE", None)
     hf = Path(tempfile.mkdtemp(prefix="rlmesh-test-hf-"))
     _created.append(str(hf))
     os.environ["HF_HOME"] = str(hf / "home")

@@ -326,7 +326,7 @@ class ContainerBackend:
         details = {
             "backend": self.name, "venv_key": env.key, "packages": installed_versions(env.path),
             "engine": f"{engine.name} {engine.version}", "image": options.base_image,
-            "image_id": ident, "image_python": python.version, "container": name,
+            "image_id": ident, "image_python": python.version, "name": name,
         }  # fmt: skip
         held = -1
         keep: tuple[int, ...] = (env.in_use_fd,)

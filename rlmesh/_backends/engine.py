@@ -310,8 +310,8 @@ def reap(engine: Engine) -> list[str]:
             labels = json.loads(blob)
             if isinstance(labels, dict) and _owner_gone(labels):
                 dead.append(name.lstrip("/"))
-    if dead:
-        engine.run("rm", "--force", *dead)
+    for name in dead:  # one by one: one that vanished meanwhile must not keep the rest
+        engine.run("rm", "--force", name)
     return dead
 
 

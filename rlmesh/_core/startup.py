@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -58,9 +58,11 @@ class SandboxInfo:
     Attributes:
         source: The source as requested.
         resolved_source: The source as resolved: an EnvHub branch or tag becomes its commit.
-        backend: Where it runs (``"venv"``).
+        backend: Where it runs (``"venv"`` or ``"container"``).
         venv_key: The cache key of its environment, where it has one.
         packages: What is installed in it, name -> version.
+        container: For a container sandbox: ``engine``, ``image``, ``image_id``,
+            ``image_python`` and the container's ``name``; empty otherwise.
     """
 
     source: str
@@ -68,6 +70,10 @@ class SandboxInfo:
     backend: str
     venv_key: str | None
     packages: Mapping[str, str]
+    container: Mapping[str, str] = field(default_factory=dict)
+
+
+CONTAINER_DETAILS = ("engine", "image", "image_id", "image_python", "name")
 
 
 @dataclass
@@ -131,6 +137,7 @@ async def start_sandbox(
                 backend=str(details.get("backend", backend.name)),
                 venv_key=details.get("venv_key"),
                 packages=dict(details.get("packages") or {}),
+                container={k: str(details[k]) for k in CONTAINER_DETAILS if k in details},
             )
             return await _handshake(spec, child, resolved.request, vector, name, info)
     except TimeoutError:

@@ -66,8 +66,13 @@ def _pipes() -> list[int]:
 def _probe(options: dict) -> dict:
     import socket
 
-    result = {"pid": os.getpid()}
-    for name, path in (("write_tmp", "/tmp/rlmesh-probe"), ("write_home", options.get("home"))):
+    result = {"pid": os.getpid(), "uid": os.getuid()}
+    try:
+        result["interfaces"] = sorted(os.listdir("/sys/class/net"))
+    except OSError:
+        result["interfaces"] = []
+    for name, path in (("write_tmp", "/tmp/rlmesh-probe"), ("write_home", options.get("home")),
+                       ("write_root", "/rlmesh-probe")):
         try:
             with open(path, "w") as handle:
                 handle.write("x")
@@ -75,7 +80,8 @@ def _probe(options: dict) -> dict:
         except (OSError, TypeError):
             result[name] = False
     try:
-        socket.create_connection(("127.0.0.1", int(options.get("port", 9))), timeout=2).close()
+        address = (options.get("host", "127.0.0.1"), int(options.get("port", 9)))
+        socket.create_connection(address, timeout=2).close()
         result["network"] = True
     except OSError:
         result["network"] = False
