@@ -6,7 +6,9 @@ docs/performance.md, never in timed tests.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +39,7 @@ def test_every_benchmark_is_run_here() -> None:
         "vector_throughput.py",
         "compare_revisions.py",
         "host_instructions.py",
+        "containers.py",
     }
     assert {path.name for path in BENCHMARKS.glob("*.py")} == tested
 
@@ -85,3 +88,15 @@ def test_host_instructions_counts_a_step_of_the_sync_face() -> None:
     out = run_benchmark("host_instructions.py", "--steps", "3", "--face", "SandboxEnv")
     [row] = [line for line in out.splitlines() if line.startswith("| SandboxEnv |")]
     assert re.fullmatch(r"-?[\d,]+", row.split("|")[2].strip())
+
+
+def test_containers_prints_each_engine_against_the_venv_backend() -> None:
+    if shutil.which("podman") is None:
+        message = "podman is not installed: run .ci/containers (as root)"
+        if os.environ.get("RLMESH_REQUIRE_CONTAINERS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    out = run_benchmark("containers.py", "--rounds", "1", "--steps", "50")
+    for what in ("venv (uv virtualenv", "podman container"):
+        (row,) = [line for line in out.splitlines() if line.startswith(f"| {what}")]
+        assert len(RATIO.findall(row)) == 2, row
