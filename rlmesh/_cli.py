@@ -134,11 +134,23 @@ def _cache_prune(args: argparse.Namespace) -> int:
         return 1
     for key in removed:
         print(f"removed {key}")
+    for name in _reap_containers():
+        print(f"removed container {name} (its host process is gone)")
     kept = [e for e in _cache.list_entries() if e.in_use]
     for entry in kept:
         print(f"kept {entry.key} (in use)")
     print(f"{len(removed)} removed")
     return 0
+
+
+def _reap_containers() -> list[str]:
+    """Remove sandbox containers whose host died (where a container engine answers)."""
+    from ._backends.engine import find_engine, reap
+
+    try:
+        return reap(find_engine())
+    except SandboxError:
+        return []  # no engine: no containers
 
 
 def _damaged() -> tuple[int, list[tuple[_cache.CacheEntry, str]]]:
@@ -248,7 +260,9 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=_cache_list)
     prune = cache_commands.add_parser(
-        "prune", help="remove cached venvs that no sandbox uses (never one in use)"
+        "prune",
+        help="remove cached venvs that no sandbox uses (never one in use), and the "
+        "sandbox containers of dead host processes",
     )
     prune.add_argument("--older-than", type=_duration, default=None, metavar="DURATION",
                        help="remove venvs unused for this long (90s, 30m, 12h, 7d)")  # fmt: skip

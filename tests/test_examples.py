@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ def test_every_example_is_tested() -> None:
         "vector_sandbox.py",
         "check_sandboxed_env.py",
         "envhub_sandbox.py",
+        "container_sandbox.py",
     }
     assert {p.name for p in EXAMPLES.glob("*.py")} <= tested
 
@@ -59,3 +61,17 @@ def test_envhub_example(hf_commits: dict[str, str]) -> None:
     commit = hf_commits["lerobot/cartpole-env"]
     assert f"resolved to hf://lerobot/cartpole-env@{commit}:cartpole_suite/0" in out
     assert "step -> reward=1.0, terminated=False, obs shape (4,)" in out
+
+
+def test_container_example() -> None:
+    """Where podman and the image of .ci/containers are present (CI requires them)."""
+    from test_containers import IMAGE, _missing
+
+    why = _missing("podman")
+    if why:
+        if os.environ.get("RLMESH_REQUIRE_CONTAINERS") == "1":
+            pytest.fail(why)
+        pytest.skip(f"{why}: run .ci/containers (as root)")
+    out = run("container_sandbox.py")
+    assert f"of {IMAGE} via podman" in out and "Python 3.11." in out
+    assert "reward=1.0, terminated=False" in out
