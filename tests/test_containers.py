@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import gymnasium
 import numpy as np
 import pytest
 from processes import rlmesh, wait_gone
@@ -26,13 +27,14 @@ from sandbox_options import TEST_ENVS
 
 from rlmesh import SandboxBuildError, SandboxCrashedError
 from rlmesh._backends import engine as engines
-from rlmesh.numpy import SandboxEnv, SandboxVectorEnv
+from rlmesh.numpy import AsyncSandboxEnv, SandboxEnv, SandboxVectorEnv
 from rlmesh.testing import check_sandbox_env
 
 pytestmark = pytest.mark.sandbox
 
 IMAGE = "localhost/rlmesh-test-python"
 NO_PYTHON = "localhost/rlmesh-test-nopython"
+PYTHON39 = "localhost/rlmesh-test-python39"
 SOCKET = "/run/podman/podman.sock"
 REQUIRED = os.environ.get("RLMESH_REQUIRE_CONTAINERS") == "1"
 FAULTY = "rlmesh_test/Faulty-v0"
@@ -368,3 +370,98 @@ def test_a_host_process_start_does_not_leak_the_guard(use: str) -> None:
         pid = env.pid
         assert pid is not None
     assert wait_gone(pid, 10)
+
+
+# -- every way in: async faces, EnvHub, rlmesh_package, another Python ---------------------
+
+
+@pytest.mark.anyio
+async def test_the_async_face_in_a_container(podman: str) -> None:
+    async with await AsyncSandboxEnv.create("CartPole-v1", base_image=IMAGE) as env:
+        obs, _ = await env.reset(seed=5)
+        assert obs.shape == (4,) and env.sandbox.backend == "container"
+        _, reward, *_ = await env.step(1)
+        assert reward == 1.0
+
+
+def test_an_envhub_repository_is_mounted_read_only(
+    podman: str, hf_commits: dict[str, str]
+) -> None:
+    # The repository's requirements (six) are built in; its sibling module imports from the
+    # mounted snapshot, which the container's unprivileged user reads but cannot change.
+    commit = hf_commits["rlmesh-test/with-requirements"]
+    with SandboxEnv(f"hf://rlmesh-test/with-requirements@{commit}", trust_remote_code=True,
+                    base_image=IMAGE) as env:  # fmt: skip
+        env.reset(seed=0)
+        steps = 0
+        truncated = False
+        while not truncated:
+            *_, truncated, _ = env.step(0 if steps % 2 else 1)
+            steps += 1
+        assert steps == 7  # helpers.horizon(), from the mounted repository
+        assert env.sandbox.packages["six"]
+
+
+def test_rlmesh_package_installs_a_wheel_into_the_container_environment(
+    podman: str, tmp_path: Path
+) -> None:
+    from test_sandbox_packages import build_wheel
+
+    import rlmesh
+
+    wheel = build_wheel(tmp_path / "dist")
+    with SandboxEnv("CartPole-v1", base_image=IMAGE, rlmesh_package=str(wheel)) as env:
+        assert env.reset(seed=0)[0].shape == (4,)
+        assert env.sandbox.packages["rlmesh"] == rlmesh.__version__  # from the wheel's metadata
+        assert env.sandbox_versions["rlmesh"] == rlmesh.__version__
+
+
+def test_an_image_with_another_python_gets_an_environment_built_for_it(podman: str) -> None:
+    # Debian bullseye's Python 3.9, while the host runs 3.11: uv builds for 3.9 and the
+    # image's platform, and the trajectory is the host's (gymnasium 1.1.1 runs on both).
+    why = subprocess.run(["podman", "image", "exists", PYTHON39], capture_output=True)
+    if why.returncode:
+        message = f"the image {PYTHON39} is missing: run .ci/containers"
+        if REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
+    with SandboxEnv("CartPole-v1", base_image=PYTHON39, packages=["gymnasium==1.1.1"]) as env:
+        assert env.sandbox.container["image_python"].startswith("3.9.")
+        assert env.sandbox_versions["python"].startswith("3.9.")
+        assert env.sandbox.packages["gymnasium"] == "1.1.1"
+        obs, _ = env.reset(seed=11)
+        local = gymnasium.make("CartPole-v1")
+        want, _ = local.reset(seed=11)
+        assert obs.tolist() == want.tolist()
+        for action in (0, 1, 1, 0):
+            assert env.step(action)[0].tolist() == local.step(action)[0].tolist()
+
+
+# -- the core's recovery paths, through containers ---------------------------------------------
+
+
+def test_a_wedged_step_times_out_and_the_container_is_removed(podman: str) -> None:
+    from rlmesh import SandboxTimeoutError
+
+    env = SandboxEnv(FAULTY, mode="sleep", call_timeout=1.0, base_image=IMAGE, **TEST_ENVS)
+    try:
+        name = env.sandbox.container["name"]
+        env.reset(seed=0)
+        with pytest.raises(SandboxTimeoutError):
+            env.step(0)
+        assert not _containers("podman", name)  # killed and removed, not left running
+    finally:
+        env.close()
+
+
+def test_auto_restart_replaces_a_crashed_container(podman: str) -> None:
+    with SandboxEnv(FAULTY, mode="exit", auto_restart=True, base_image=IMAGE,
+                    **TEST_ENVS) as env:  # fmt: skip
+        first = env.sandbox.container["name"]
+        env.reset(seed=0)
+        with pytest.raises(SandboxCrashedError):
+            env.step(0)
+        _, info = env.reset(seed=0)
+        assert info["rlmesh_restarted"] is True
+        assert env.sandbox.container["name"] != first
+        assert not _containers("podman", first)

@@ -144,6 +144,13 @@ class ContainerProcess(ChildProcess):
                 os.close(self.held)
             self.held = -1
 
+    def _after_fork(self) -> None:
+        super()._after_fork()
+        if self.held >= 0:  # a fork must not keep the docker guard from seeing the host die
+            with contextlib.suppress(OSError):
+                os.close(self.held)
+            self.held = -1
+
     def kill(self) -> None:
         """Kill the CLI and remove the container through the engine; never raises."""
         if self._inherited():
@@ -154,8 +161,8 @@ class ContainerProcess(ChildProcess):
     def stop(self, grace: float | None = None) -> int | None:
         code = super().stop(grace)
         if not self._inherited():
-            if code is None or self.engine.name == "docker":
-                self._remove()  # gone already unless the CLI had to be killed; cheap if so
+            if code is None:  # the CLI had to be killed: the container may be left
+                self._remove()
             self._release()
         return code
 
@@ -296,8 +303,11 @@ async def _ensure_environment(
     engine: Engine, options: Options, resolved: Resolved, label: str
 ) -> tuple[Venv, str, ImagePython]:
     image = options.base_image
-    ident = await anyio.to_thread.run_sync(image_id, engine, image)
-    python = await anyio.to_thread.run_sync(probe_python, engine, image, ident)
+    # bounded engine commands, abandoned (not waited for) when startup_timeout expires
+    ident = await anyio.to_thread.run_sync(image_id, engine, image, abandon_on_cancel=True)
+    python = await anyio.to_thread.run_sync(
+        probe_python, engine, image, ident, abandon_on_cancel=True
+    )
     inputs = await anyio.to_thread.run_sync(
         container_inputs, options, resolved, ident, python, image
     )
@@ -317,7 +327,8 @@ class ContainerBackend:
 
     async def start(self, options: Options, resolved: Resolved, label: str) -> ContainerProcess:
         raise_fd_limit()
-        engine = await anyio.to_thread.run_sync(find_engine)  # no engine: fails before all else
+        # no engine: fails before anything else happens
+        engine = await anyio.to_thread.run_sync(find_engine, abandon_on_cancel=True)
         reap_once_in_background(engine)
         env, ident, python = await _ensure_environment(engine, options, resolved, label)
         name = f"rlmesh-{os.getpid()}-{uuid.uuid4().hex[:10]}"
