@@ -465,3 +465,22 @@ def test_auto_restart_replaces_a_crashed_container(podman: str) -> None:
         assert info["rlmesh_restarted"] is True
         assert env.sandbox.container["name"] != first
         assert not _containers("podman", first)
+
+
+def test_a_proxys_ca_bundle_reaches_uv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Behind a TLS-intercepting proxy the bundle is often in pip's or requests' variable; uv
+    # reads only SSL_CERT_FILE. (No such proxy is reachable here: this checks what uv gets.)
+    # Container sandboxes are built by uv on the host too, so no bundle enters any image.
+    from rlmesh._backends import venv
+
+    bundle = tmp_path / "proxy-ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    for name in venv.CA_BUNDLE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert "SSL_CERT_FILE" not in venv._uv_env()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "missing.pem"))
+    monkeypatch.setenv("PIP_CERT", str(bundle))
+    assert venv._uv_env()["SSL_CERT_FILE"] == str(bundle)
+    monkeypatch.setenv("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
+    assert venv._uv_env()["SSL_CERT_FILE"] == "/etc/ssl/certs/ca-certificates.crt"

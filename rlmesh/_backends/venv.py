@@ -247,10 +247,21 @@ def uv_binary() -> str:
     return str(find_uv_bin())
 
 
+# Where pip and requests users keep a CA bundle (a TLS-intercepting proxy's); uv reads only
+# SSL_CERT_FILE (or the system store with UV_NATIVE_TLS), so the first of these is passed on.
+CA_BUNDLE_VARIABLES = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+
 def _uv_env() -> dict[str, str]:
     env = dict(os.environ)
     env["UV_PYTHON_DOWNLOADS"] = "never"  # the sandbox uses the host's interpreter, always
     env.pop("VIRTUAL_ENV", None)
+    if not env.get("SSL_CERT_FILE"):
+        for name in CA_BUNDLE_VARIABLES:
+            bundle = env.get(name, "")
+            if bundle and os.path.isfile(bundle):
+                env["SSL_CERT_FILE"] = bundle
+                break
     return env
 
 
