@@ -186,6 +186,19 @@ def _engine() -> str:
     return f"{engine.name} {engine.version} at {engine.path}"
 
 
+def _check_image(image: str) -> bool:
+    """Whether the default base image has a Python the sandbox can run."""
+    from ._backends.container import check_image_has_python
+
+    what = f"base image ({_config.BASE_IMAGE_ENV})"
+    try:
+        python = check_image_has_python(image)
+    except SandboxError as exc:
+        return _check(False, what, str(exc))
+    return _check(True, what, f"{image}: Python {python.version} ({python.machine}, "
+                              f"{python.libc} {python.libc_version})")  # fmt: skip
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from ._backends.venv import offline, uv_binary
 
@@ -222,6 +235,9 @@ def _doctor(args: argparse.Namespace) -> int:
     print(f"[info] offline mode: {'on' if offline() else 'off'} (RLMESH_OFFLINE)")
     print("[ok] backend venv: uv virtualenvs with the host interpreter")
     print(f"[info] backend container: engine {_engine()} (for base_image=...)")
+    image = os.environ.get(_config.BASE_IMAGE_ENV)
+    if image:
+        good &= _check_image(image)
     bwrap = shutil.which("bwrap")
     print(f"[info] bubblewrap: {bwrap or 'not installed'}")
     return 0 if good else 1

@@ -220,7 +220,7 @@ def test_a_crash_names_the_container_the_exit_code_and_the_output(use: str) -> N
     assert _gone_within(use, env.sandbox.container["name"], 30)
 
 
-def test_out_of_memory_under_a_memory_limit_is_reported(podman: str) -> None:
+def test_out_of_memory_under_a_memory_limit_is_reported(use: str) -> None:
     limit = 256 << 20
     env = SandboxEnv(FAULTY, mode="alloc", factor=1 << 30, max_memory=limit, base_image=IMAGE,
                      **TEST_ENVS)  # fmt: skip
@@ -362,6 +362,11 @@ def test_doctor_reports_the_container_engine(
     monkeypatch.setenv("RLMESH_CACHE_DIR", str(tmp_path))  # a cache of its own, all sound
     out = rlmesh("doctor")
     assert "backend container: engine podman" in out
+    monkeypatch.setenv("RLMESH_SANDBOX_BASE_IMAGE", IMAGE)
+    assert f"[ok] base image (RLMESH_SANDBOX_BASE_IMAGE): {IMAGE}: Python 3.11." in rlmesh("doctor")
+    monkeypatch.setenv("RLMESH_SANDBOX_BASE_IMAGE", NO_PYTHON)
+    out = rlmesh("doctor", code=1)
+    assert "[FAIL] base image" in out and "has no Python the sandbox can run" in out
 
 
 def test_a_host_process_start_does_not_leak_the_guard(use: str) -> None:

@@ -385,9 +385,3 @@ def check_image_has_python(image: str) -> ImagePython:
     """The Python of ``image`` (for ``rlmesh doctor``); ``SandboxBuildError`` if it has none."""
     engine = find_engine()
     return probe_python(engine, image, image_id(engine, image))
-
-
-def describe_engine() -> str:
-    """What ``rlmesh doctor`` says of the container engine (raises ``SandboxBuildError``)."""
-    engine = find_engine()
-    return f"{engine.name} {engine.version} at {engine.path}"
