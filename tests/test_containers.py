@@ -489,3 +489,26 @@ def test_a_proxys_ca_bundle_reaches_uv(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert venv._uv_env()["SSL_CERT_FILE"] == str(bundle)
     monkeypatch.setenv("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
     assert venv._uv_env()["SSL_CERT_FILE"] == "/etc/ssl/certs/ca-certificates.crt"
+
+
+@pytest.mark.anyio
+async def test_concurrent_starts_build_the_environment_once(
+    podman: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import anyio
+
+    monkeypatch.setenv("RLMESH_CACHE_DIR", str(tmp_path / "cache"))  # nothing built yet
+    caplog.set_level("INFO", logger="rlmesh.build")
+    keys: list[str | None] = []
+
+    async def start() -> None:
+        async with await AsyncSandboxEnv.create("CartPole-v1", base_image=IMAGE) as env:
+            await env.reset(seed=0)
+            keys.append(env.sandbox.venv_key)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(3):
+            group.start_soon(start)
+    assert len(keys) == 3 and len(set(keys)) == 1
+    builds = [r for r in caplog.records if "building sandbox venv" in r.getMessage()]
+    assert len(builds) == 1, [r.getMessage() for r in builds]
