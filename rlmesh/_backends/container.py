@@ -146,10 +146,7 @@ class ContainerProcess(ChildProcess):
 
     def _after_fork(self) -> None:
         super()._after_fork()
-        if self.held >= 0:  # a fork must not keep the docker guard from seeing the host die
-            with contextlib.suppress(OSError):
-                os.close(self.held)
-            self.held = -1
+        self._release()  # a fork must not keep the docker guard from seeing the host die
 
     def kill(self) -> None:
         """Kill the CLI and remove the container through the engine; never raises."""
