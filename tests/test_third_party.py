@@ -1,4 +1,5 @@
-"""Third-party environments, for real: MuJoCo, MiniGrid and the Arcade Learning Environment.
+"""Third-party environments, for real: every env Gymnasium registers (classic control, toy
+text, Box2D, MuJoCo), MiniGrid and the Arcade Learning Environment.
 
 Each is installed from PyPI into the sandbox (the versions the host has, so the in-process twin
 is the same code) and played against an in-process twin: equal spaces, values and types, seeded
@@ -13,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
+import warnings
 from importlib.metadata import version
 
 import gymnasium as gym
@@ -37,10 +39,47 @@ PLAIN_IMAGE = "localhost/rlmesh-test-python"
 
 gym.register_envs(ale_py)
 
+# Box2D's SWIG module warns (DeprecationWarning) while its C extension initialises, and with
+# warnings as errors (this suite's setting) that warning crashes the interpreter in the middle
+# of the import: load it once here, for the in-process twins, with that warning let through.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    pytest.importorskip("Box2D", reason="the test session installs .[thirdparty]")
 
-def test_mujoco_halfcheetah_matches_in_process() -> None:
-    report = check_sandbox_env("HalfCheetah-v5", seeds=(0, 1), max_steps=40, packages=MUJOCO)
-    assert report.compared and report.steps == 80
+
+FAMILIES = {  # Gymnasium's own envs: module -> what the sandbox needs for them
+    "gymnasium.envs.classic_control": [],
+    "gymnasium.envs.toy_text": [],
+    "gymnasium.envs.box2d": [f"gymnasium[box2d]=={gym.__version__}"],
+    "gymnasium.envs.mujoco": MUJOCO,
+}
+
+
+def _gymnasium_envs() -> list[tuple[str, list[str]]]:
+    """The newest version of every env Gymnasium registers from the families above."""
+    newest: dict[str, tuple[int, str]] = {}
+    for spec in gym.registry.values():
+        module = spec.entry_point if isinstance(spec.entry_point, str) else ""
+        family = next((f for f in FAMILIES if module.startswith(f + ".")), None)
+        if family and spec.namespace is None and spec.version is not None:
+            newest[spec.name] = max(newest.get(spec.name, (-1, "")), (spec.version, family))
+    return [(f"{name}-v{v}", FAMILIES[family]) for name, (v, family) in sorted(newest.items())]
+
+
+GYMNASIUM_ENVS = _gymnasium_envs()
+
+
+def test_the_gymnasium_registry_brings_every_family() -> None:
+    assert len(GYMNASIUM_ENVS) >= 25, GYMNASIUM_ENVS  # 27 with gymnasium 1.4
+    assert {"CartPole-v1", "FrozenLake-v1", "LunarLander-v3", "Humanoid-v5"} <= {
+        env_id for env_id, _ in GYMNASIUM_ENVS
+    }
+
+
+@pytest.mark.parametrize(("env_id", "packages"), GYMNASIUM_ENVS, ids=[i for i, _ in GYMNASIUM_ENVS])
+def test_every_env_gymnasium_registers_matches_in_process(env_id: str, packages: list[str]) -> None:
+    report = check_sandbox_env(env_id, seeds=(0, 1), max_steps=30, packages=packages)
+    assert report.compared and report.episodes == 2 and report.steps >= 2
 
 
 def test_mujoco_as_a_vector_env_matches_gymnasiums_sync_vector_env() -> None:
