@@ -162,6 +162,24 @@ def test_a_killed_host_takes_its_sandbox_and_the_envs_children_along(busy: bool)
     assert wait_gone(grandchild, 2.0), "a process the env started outlived the host"
 
 
+def test_a_killed_host_takes_its_sandbox_while_the_env_holds_the_gil() -> None:
+    # A thread in the worker could never run here; the forked watcher needs no GIL of ours.
+    script = HOST.replace('mode="spawn"', 'mode="gil"').replace(', info["grandchild"]', "")
+    host = subprocess.Popen([sys.executable, "-c", script, TEST_ENVS["packages"][0]],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "RLMESH_SANDBOX_ECHO": "1"})  # fmt: skip
+    assert host.stdout is not None and host.stderr is not None
+    child = int(host.stdout.readline())
+    while "holding the GIL" not in host.stderr.readline():
+        pass
+    host.kill()
+    host.stderr.close()
+    host.wait()
+    host.stdout.close()
+    assert wait_gone(child, 2.0), "a sandbox whose env held the GIL outlived its host"
+
+
 def test_close_kills_processes_the_env_started() -> None:
     with SandboxEnv(FAULTY, mode="spawn", **TEST_ENVS) as env:
         _, info = env.reset()

@@ -93,13 +93,14 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def kill_descendants(pid: int) -> int:
-    """SIGKILL every process below ``pid`` until a walk finds no new one; how many it hit.
+def kill_descendants(pid: int, spare: int | None = None) -> int:
+    """SIGKILL every process below ``pid`` (but ``spare``) until a walk finds no new one; how
+    many it hit.
 
     Call it while ``pid`` is alive and a subreaper (the worker): its orphans then stay below
     it. Never raises.
     """
-    killed: set[int] = set()
+    killed: set[int] = set() if spare is None else {spare}
     for _ in range(MAX_ROUNDS):
         try:
             fresh = [child for child in descendants(pid) if child not in killed]
@@ -111,4 +112,4 @@ def kill_descendants(pid: int) -> int:
             with contextlib.suppress(OSError):
                 os.kill(child, signal.SIGKILL)
         killed.update(fresh)
-    return len(killed)
+    return len(killed - {spare})

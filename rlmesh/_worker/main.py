@@ -8,9 +8,10 @@ Two ways to get the protocol streams:
   containers). The worker moves them to private fds at once and points fd 1 at stderr, so
   env code that prints cannot reach the protocol stream.
 
-Also here: the resource limits, the host-death watchdog, the fork guard that keeps the
-protocol fds out of processes the env starts, and the subreaper that keeps every process the
-env starts (detached ones too) below the worker, so that it can end them all.
+Also here: the resource limits, the host-death watcher (a forked process), the fork guard
+that keeps the protocol fds out of processes the env starts, and the subreaper that keeps
+every process the env starts (detached ones too) below the worker, so that it can end them
+all.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import os
 import select
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -69,23 +69,38 @@ def _close_quietly(*fds: int) -> None:
             os.close(fd)
 
 
-def _watch_host(fd: int) -> None:
-    """Wait for the host's end of the request pipe to close, then end our process group.
+def _watch_host(rfd: int) -> None:
+    """Fork the watcher that ends this sandbox when the host goes away.
 
-    Runs in a daemon thread, so it fires even while the env is busy in a long step: a host
-    that dies (even by SIGKILL) takes this sandbox and every process the env started with it.
+    A process, not a thread: an env stuck in C code that holds the GIL (a regular expression
+    backtracking for hours, say) would starve a thread, and the sandbox would outlive its
+    host. The watcher keeps only the read end of the request pipe. When every write end has
+    closed (the host closed the sandbox, or died, even by SIGKILL) it SIGKILLs what the env
+    started, detached processes too (they are below the worker, a subreaper), then the
+    worker's process group, itself included. Call it before any thread starts.
     """
-    poller = select.poll()
-    poller.register(fd, 0)  # no events asked: poll reports only hang-up and errors
-    while True:
-        try:
-            if poller.poll():
-                break
-        except InterruptedError:
-            continue
-    kill_descendants(os.getpid())  # detached ones (setsid) too: they are below us
-    with contextlib.suppress(OSError):
-        os.killpg(0, signal.SIGKILL)  # us too: the host's stop() does the same on a close
+    worker = os.getpid()
+    if os.fork() != 0:
+        return
+    try:  # the watcher: nothing of the worker's but the request pipe's read end
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        for name in os.listdir("/proc/self/fd"):
+            if int(name) not in (0, 1, 2, rfd):
+                _close_quietly(int(name))
+        poller = select.poll()
+        poller.register(rfd, 0)  # no events asked: poll reports only hang-up and errors
+        while True:
+            try:
+                if poller.poll():
+                    break
+            except InterruptedError:
+                continue
+        kill_descendants(worker, spare=os.getpid())
+        os.killpg(0, signal.SIGKILL)  # the worker and its group, this watcher too
+    finally:
+        os._exit(0)
 
 
 def _set_limits(memory: int | None, cpu_seconds: int | None) -> None:
@@ -122,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         rfd, wfd = options.fds
     _set_limits(options.max_memory, options.max_cpu_seconds)
     become_subreaper()  # orphans of the env's processes stay below us, not under init
-    threading.Thread(target=_watch_host, args=(rfd,), name="rlmesh-host-watch", daemon=True).start()
+    _watch_host(rfd)
     os.set_inheritable(rfd, False)
     os.set_inheritable(wfd, False)
     # A child the env forks must not hold our protocol pipes open: the host detects our death

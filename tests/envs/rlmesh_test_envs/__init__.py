@@ -122,6 +122,7 @@ class FaultyEnv(gym.Env):
     spin        step() burns CPU for ``factor`` seconds (default 600)
     deep        step() returns an info holding a tuple nested ``factor`` deep (default 300)
     deepframe   step() writes a reply nested 200 tuples deep (938 bytes) into every pipe
+    gil         step() runs a regular expression that backtracks for hours, holding the GIL
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -198,6 +199,11 @@ class FaultyEnv(gym.Env):
             for fd in _pipes():
                 with contextlib.suppress(OSError):
                     os.write(fd, frame)
+        if self.mode == "gil":
+            import re
+
+            print("holding the GIL", flush=True)
+            re.match(r"(a+)+$", "a" * 64 + "b")  # exponential backtracking, all in C
         if self.mode == "print":
             print("hello from print", self.t)
             sys.stderr.write(f"hello from stderr {self.t}\n")
