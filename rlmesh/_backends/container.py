@@ -35,7 +35,6 @@ from typing import Any
 import anyio
 
 from .._config import Options, Resolved
-from .._errors import SandboxCrashedError
 from . import payload
 from .engine import (
     Engine,
@@ -168,26 +167,16 @@ class ContainerProcess(ChildProcess):
         if not self._inherited():
             self._release()
 
-    def crashed_error(self, what: str, *, wait: float | None = None) -> SandboxCrashedError:
-        error = super().crashed_error(what, wait=wait)
-        if self._inherited():
-            return error
-        code = error.exit_code
+    def _whom(self) -> str:
+        return f"container {self.container} of {self.image}, {self.engine.name} pid {self.pid}"
+
+    def _why(self, code: int | None) -> str:
         why = describe_exit(code)
-        if code == OOM_EXIT:
-            why += (
-                f" (killed: probably out of memory, over max_memory={self.memory_limit})"
-                if self.memory_limit is not None
-                else " (killed: by the out-of-memory killer or by a signal)"
-            )
-        return SandboxCrashedError(
-            f"the sandbox for {self.label!r} (container {self.container} of {self.image}, "
-            f"{self.engine.name} pid {self.pid}) died during {what}: {why}",
-            source=self.label,
-            pid=self.pid,
-            exit_code=code,
-            stderr_tail=error.stderr_tail,
-        )
+        if code != OOM_EXIT:
+            return why
+        if self.memory_limit is not None:
+            return f"{why} (killed: probably out of memory, over max_memory={self.memory_limit})"
+        return f"{why} (killed: by the out-of-memory killer or by a signal)"
 
 
 def run_command(

@@ -177,6 +177,14 @@ class ChildProcess:
         """``/proc/<pid>/fd/<fd>``, or ``None`` where that pid is not the worker's (bwrap)."""
         return None if self._private_pids else f"/proc/{self.pid}/fd/{int(fd)}"
 
+    def _whom(self) -> str:
+        """How a crash report names the worker."""
+        return f"pid {self.pid}"
+
+    def _why(self, code: int | None) -> str:
+        """How a crash report tells the exit status."""
+        return describe_exit(code)
+
     def crashed_error(self, what: str, *, wait: float | None = None) -> SandboxCrashedError:
         """Build the error for a child that stopped answering because it died (or hung up).
 
@@ -199,8 +207,8 @@ class ChildProcess:
             code = None
         self._pump.join(self.timeouts.output_wait)
         return SandboxCrashedError(
-            f"the sandbox for {self.label!r} (pid {self.pid}) died during {what}: "
-            f"{describe_exit(code)}",
+            f"the sandbox for {self.label!r} ({self._whom()}) died during {what}: "
+            f"{self._why(code)}",
             source=self.label,
             pid=self.pid,
             exit_code=code,
