@@ -35,7 +35,7 @@ from typing import Any
 import anyio
 
 from .._config import Options, Resolved
-from . import payload
+from . import guard, payload
 from .engine import (
     Engine,
     ImagePython,
@@ -74,43 +74,6 @@ def _boot(site: str) -> str:
 
 def _site(python: ImagePython, root: str = MOUNT) -> str:
     return f"{root}/lib/python{python.minor}/site-packages"
-
-
-# Runs the docker CLI: argv is [watched fd, container name, docker CLI, run arguments...].
-# Exits with the container's own exit status (read from the engine), and removes the
-# container when it ends, or at once when every write end of the watched pipe closes (the
-# host died). SIGTERM goes to the CLI (same process group), which passes it on.
-_DOCKER_GUARD = """
-import os, select, signal, subprocess, sys, threading
-watched, name, cli = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-def remove():
-    try:
-        subprocess.run([cli, "rm", "--force", name], timeout=60, **quiet)
-    except Exception:
-        pass
-def watch():
-    poller = select.poll()
-    poller.register(watched, 0)
-    while True:
-        try:
-            if poller.poll():
-                break
-        except InterruptedError:
-            continue
-    remove()
-threading.Thread(target=watch, daemon=True).start()
-signal.signal(signal.SIGTERM, lambda *_: None)
-code = subprocess.call([cli, *sys.argv[4:]])
-try:
-    state = subprocess.run([cli, "inspect", "--format", "{{.State.ExitCode}} {{.State.OOMKilled}}",
-                            name], capture_output=True, text=True, timeout=60).stdout.split()
-    code = 137 if state[1] == "true" else int(state[0])
-except Exception:
-    pass
-remove()
-sys.exit(code)
-"""
 
 
 class ContainerProcess(ChildProcess):
@@ -330,7 +293,7 @@ class ContainerBackend:
         if engine.name == "docker":
             watched, held = os.pipe2(os.O_CLOEXEC)
             keep += (watched,)
-            command = [sys.executable, "-I", "-c", _DOCKER_GUARD, str(watched), name,
+            command = [sys.executable, "-I", guard.PATH, "docker", str(watched), name,
                        engine.path, *argv]  # fmt: skip
         else:
             watched = -1

@@ -59,7 +59,7 @@ from packaging.utils import canonicalize_name
 from .._config import Options, Resolved
 from .._errors import SandboxBuildError
 from .._wire.protocol import PROTOCOL_VERSION
-from . import payload
+from . import guard, payload
 from . import venv_cache as _cache
 from . import venv_integrity as _integrity
 from .bwrap import bwrap_command, bwrap_environment
@@ -285,24 +285,6 @@ class _Progress:
             self.say(f"still {step} ({time.monotonic() - self.started:.0f} s)")
 
 
-# Runs a build command in the guard's session: argv is [watched fd, command...]. When every
-# write end of the watched pipe is closed (the host died, or gave up on the build), the guard
-# kills its whole process group: the command and all it started.
-_GUARD = """
-import os, select, signal, subprocess, sys, threading
-def watch(fd):
-    poller = select.poll()
-    poller.register(fd, 0)
-    while True:
-        try:
-            if poller.poll():
-                break
-        except InterruptedError:
-            continue
-    os.killpg(0, signal.SIGKILL)
-threading.Thread(target=watch, args=(int(sys.argv[1]),), daemon=True).start()
-sys.exit(subprocess.call(sys.argv[2:]))
-"""
 KILL_WAIT = 5.0  # for a killed build command's exit
 
 
@@ -312,7 +294,7 @@ async def _run(cmd: list[str], progress: _Progress, step: str) -> tuple[int, str
     watched, held = os.pipe2(os.O_CLOEXEC)
     try:
         process = await anyio.open_process(
-            [sys.executable, "-I", "-c", _GUARD, str(watched), *cmd],
+            [sys.executable, "-I", guard.PATH, "build", str(watched), *cmd],
             stdin=subprocess.DEVNULL,
             env=_uv_env(),
             start_new_session=True,
