@@ -278,6 +278,13 @@ def test_an_engine_that_does_not_answer_is_named(
         engines._find.cache_clear()
 
 
+def test_venv_only_options_are_refused_with_a_base_image() -> None:
+    with pytest.raises(ValueError, match="the image's own Python runs the env"):
+        SandboxEnv("CartPole-v1", base_image=IMAGE, python="3.12")
+    with pytest.raises(ValueError, match="isolated by the engine already"):
+        SandboxEnv("CartPole-v1", base_image=IMAGE, isolation="bwrap")
+
+
 def test_container_only_options_need_a_base_image() -> None:
     with pytest.raises(ValueError, match=r"cpus=2\.0 applies to container sandboxes"):
         SandboxEnv("CartPole-v1", cpus=2)

@@ -20,6 +20,18 @@ __all__ = ["Backend", "WorkerHandle", "backend_for"]
 def backend_for(options: Options) -> Backend:
     """The backend the options ask for."""
     if options.base_image is not None:
+        if options.python is not None:
+            raise ValueError(
+                f"python={options.python!r} chooses a host interpreter for a venv sandbox; with "
+                "base_image the image's own Python runs the env: pick an image with the "
+                "Python you want, or leave python unset"
+            )
+        if options.isolation is not None:
+            raise ValueError(
+                f"isolation={options.isolation!r} applies to venv sandboxes; a container "
+                "sandbox is isolated by the engine already (no network, not root, read-only "
+                "root): leave isolation unset with base_image"
+            )
         from .container import ContainerBackend
 
         return ContainerBackend()
