@@ -25,7 +25,7 @@ def _torch_cpu_wheel(session: nox.Session) -> str | None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the whole test suite (real uv venvs and sandbox processes)."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test,ray]")
     wheel = _torch_cpu_wheel(session)
     if wheel:
         session.install(wheel, "-e", ".[sb3]")

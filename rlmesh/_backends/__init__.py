@@ -2,7 +2,9 @@
 
 - ``venv``: a uv virtualenv on this host and a child process in it (optionally under
   bubblewrap). The default.
-- containers (``base_image=``) and Ray are to come, as further ``Backend``s.
+- ``backend=``: a backend object the caller passes, such as ``rlmesh.ray.RayBackend``
+  (``ray_backend``: sandboxes on Ray cluster nodes, each built there by ``venv``).
+- containers (``base_image=``) are to come, as a further ``Backend``.
 
 Every backend starts the same worker (``rlmesh._worker``) with the same child-side files
 (``payload``), and hands the core a ``WorkerHandle``.
@@ -18,6 +20,8 @@ __all__ = ["Backend", "WorkerHandle", "backend_for"]
 
 def backend_for(options: Options) -> Backend:
     """The backend the options ask for; ``NotImplementedError`` for one not built yet."""
+    if options.backend is not None:
+        return options.backend  # type: ignore[no-any-return]
     if options.base_image is not None:
         raise NotImplementedError(
             "the Docker backend (base_image=...) is not available yet; leave base_image unset "
