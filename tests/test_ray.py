@@ -10,6 +10,7 @@ left after close or after the driver exits.
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -426,3 +427,72 @@ def test_backend_is_host_only_and_not_in_the_cache_key() -> None:
         venv.key_inputs(on_ray.options, on_ray.source.resolve(on_ray.options))
     )
     assert pickle.loads(pickle.dumps(ONE_PER_HOST)) == ONE_PER_HOST
+
+
+# -- the tcp data plane ----------------------------------------------------------------------
+
+TCP = RayBackend(resources=HOST, data_plane="tcp")
+
+
+def test_tcp_data_plane_trajectory_equals_the_local_backends(no_leftovers: None) -> None:
+    expected = local_single()
+    with SandboxEnv("CartPole-v1", backend=TCP) as env:
+        assert same(play_single(env, 7), expected)
+
+
+@pytest.mark.anyio
+async def test_tcp_data_plane_vector_batches_equal_the_local_backends(
+    no_leftovers: None,
+) -> None:
+    mode = AutoresetMode.SAME_STEP
+    expected = await anyio.to_thread.run_sync(local_vector, mode)
+    async with AsyncSandboxVectorEnv("CartPole-v1", num_envs=8, num_workers=2,
+                                     autoreset_mode=mode, backend=TCP) as env:  # fmt: skip
+        assert same(await aplay_vector(env, mode), expected)
+
+
+def test_tcp_crash_is_the_usual_error(no_leftovers: None) -> None:
+    with SandboxEnv(FAULTY, mode="exit", backend=TCP, **TEST_ENVS) as env:
+        env.reset()
+        with pytest.raises(SandboxCrashedError) as caught:
+            env.step(0)
+        assert caught.value.exit_code == 3 and "goodbye" in caught.value.stderr_tail
+
+
+class _FakeProcess:
+    def __init__(self) -> None:
+        self.request_r, self.to_child = os.pipe()
+        self.from_child, self.reply_w = os.pipe()
+        self.killed = False
+
+    def kill(self) -> None:
+        self.killed = True
+
+
+def test_the_tcp_listener_takes_only_the_token_holder() -> None:
+    import socket
+    import threading
+
+    from rlmesh._backends import ray_host
+
+    process = _FakeProcess()
+    child = ray_host._Child(process)  # type: ignore[arg-type]
+    token = os.urandom(ray_host.TOKEN_BYTES)
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = listener.getsockname()
+    serve = threading.Thread(target=ray_host.Host()._serve_tcp, args=(child, listener, token))
+    serve.start()
+    with socket.create_connection(address, timeout=10) as stranger:
+        stranger.sendall(b"x" * ray_host.TOKEN_BYTES)
+        assert stranger.recv(1) == b""  # turned away
+    with socket.create_connection(address, timeout=10) as driver:
+        driver.sendall(token + b"request")
+        assert os.read(process.request_r, 7) == b"request"
+        os.write(process.reply_w, b"reply")
+        assert driver.recv(5) == b"reply"
+        os.close(process.reply_w)  # the child ends: the driver reads end-of-file
+        assert driver.recv(1) == b""
+    serve.join(10)
+    assert not serve.is_alive() and not process.killed
+    for fd in (process.request_r, process.to_child, process.from_child):
+        os.close(fd)

@@ -12,7 +12,9 @@ frames from the other end, sends each as ``bytes`` in one actor call (``Host.exc
 and writes the reply frame it returns back into the socket. The driver never decodes in the
 relay, and Ray carries only ``bytes`` (frames, and reports made by rlmesh's codec), so the
 driver never unpickles anything a sandbox wrote. A vector worker's batch is one frame, so one
-call. ``data_plane="tcp"``: see ``ray_tcp``.
+call. With ``data_plane="tcp"`` there is no relay: the host actor listens on its node for one
+connection that proves itself with a 32-byte token it handed the driver through Ray, then
+pumps bytes between that socket and the child's pipes; the core reads the socket directly.
 
 Every wait is bounded: placing a host actor by ``placement_timeout`` (then a teaching error
 that names the resources asked for and what the cluster has free), a start by the caller's
@@ -50,6 +52,7 @@ DATA_PLANES = ("ray", "tcp")
 PLACEMENTS = ("pack", "spread")
 SLICE = 0.5  # seconds: the relay's wait on a call, between looks at whether it should stop
 REPORT_WAIT = 5.0  # seconds on top of the child's own bound, for a host's report to arrive
+TCP_CONNECT_WAIT = 10.0  # seconds for the tcp data plane's connection
 
 
 def ray_module() -> Any:
@@ -326,7 +329,7 @@ def _start(
         raise
     worker = RayWorker(pool, host, int(report["id"]), label, report, options.timeouts)
     started.append(worker)
-    worker.begin()
+    worker.begin(max(budget - (time.monotonic() - begun), 0.001))
     return worker
 
 
@@ -366,7 +369,7 @@ class RayWorker:
         self._pool = pool
         self._host = host
         self._sid = sid
-        self._mine, self._relay_end = socket.socketpair()
+        self._mine, self._relay_end = socket.socketpair()  # tcp: ``begin`` swaps in a socket
         self.to_child = self.from_child = self._mine.fileno()
         self._closing = threading.Event()
         self._host_error: str | None = None  # the host actor died: Ray's words
@@ -377,8 +380,36 @@ class RayWorker:
         self._thread = threading.Thread(target=self._relay, name=f"rlmesh-ray-relay {label}",
                                         daemon=True)  # fmt: skip
 
-    def begin(self) -> None:
-        self._thread.start()
+    def begin(self, budget: float) -> None:
+        """Open the data plane: start the relay, or connect to the host's tcp socket."""
+        if self._pool.backend.data_plane == "ray":
+            self._thread.start()
+            return
+        for end in (self._mine, self._relay_end):
+            end.close()
+        data = self._call("open_tcp", timeout=budget)
+        report = codec.decode(data) if data is not None else {"error": "no answer in time"}
+        if "error" in report:
+            raise SandboxStartupError(
+                f"the Ray host for {self.label!r} could not open the tcp data plane: "
+                f"{report['error']}",
+                source=self.label,
+            )
+        address = (str(self._host.where.get("ip")), int(report["port"]))
+        try:
+            conn = socket.create_connection(address, timeout=min(budget, TCP_CONNECT_WAIT))
+        except OSError as exc:
+            raise SandboxStartupError(
+                f"the driver could not reach the Ray host of {self.label!r} at "
+                f"{address[0]}:{address[1]} for data_plane='tcp' ({exc}); open that node's "
+                "ports to the driver, or use data_plane='ray'",
+                source=self.label,
+            ) from None
+        conn.settimeout(None)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sendall(bytes(report["token"]))
+        self._mine = self._relay_end = conn
+        self.to_child = self.from_child = conn.fileno()
 
     @property
     def returncode(self) -> int | None:
@@ -504,7 +535,8 @@ class RayWorker:
                     code = codec.decode(data)
                     if self._code is None and isinstance(code, int):
                         self._code = code
-            self._thread.join(SLICE * 2)
+            if self._thread.is_alive():
+                self._thread.join(SLICE * 2)
         else:
             with contextlib.suppress(Exception):
                 self._host.actor.stop.remote(self._sid, 0.0)

@@ -20,10 +20,13 @@ end themselves (the worker's watchdog), so a lost host leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
-import io
+import hmac
 import itertools
 import os
+import secrets
+import socket
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -32,22 +35,31 @@ from .._config import Options, Resolved
 from .._errors import SandboxError
 from .._wire import codec
 from .._wire.protocol import MAGIC, MAX_FRAME
+from .._wire.spin import Spinner
 from .process import ChildProcess
 from .venv import VenvBackend
 
-__all__ = ["ALIVE", "DEAD", "Host"]
+__all__ = ["ALIVE", "DEAD", "TOKEN_BYTES", "Host"]
 
 ALIVE = 0  # status byte: a whole frame follows
 DEAD = 1  # status byte: what was read before the child hung up (or a bad header) follows
+TOKEN_BYTES = 32  # the tcp data plane's secret, sent first by the driver
+ACCEPT_WAIT = 30.0  # seconds the tcp listener waits for the driver to connect and prove it
+TOKEN_WAIT = 5.0  # seconds a connection gets to send the token
+PUMP_READ = 1 << 20
+READ = 1 << 20  # the most one read of a child's replies takes
 
 
 class _Child:
-    """A child and the host's blocking reader of its replies."""
+    """A child and the host's reader of its replies: what arrived, and a spinner (a reply
+    that comes within microseconds is caught without a sleep and a wake-up)."""
 
     def __init__(self, process: ChildProcess) -> None:
         self.process = process
-        self.reader = io.FileIO(process.from_child, "rb", closefd=False)
+        self.buffer = bytearray()
+        self.spinner = Spinner(process.from_child)
         self.greeted = False
+        self.conn: socket.socket | None = None  # the tcp data plane's connection, if any
         self.lock = threading.Lock()  # one exchange at a time (the driver sends one anyway)
 
 
@@ -105,50 +117,92 @@ class Host:
         if child is None:
             return bytes([DEAD])
         with child.lock:
-            out = bytearray([ALIVE])
             try:
                 if frame:
                     view = memoryview(frame)
                     while view:
                         view = view[os.write(child.process.to_child, view) :]
-                if not child.greeted:
-                    child.greeted = True
-                    if not self._read(child.reader, out, len(MAGIC)):
-                        return self._dead(child, out)
-                if not self._read(child.reader, out, 4):
-                    return self._dead(child, out)
-                size = int.from_bytes(out[-4:], "little")
-                if size > MAX_FRAME or not self._read(child.reader, out, size):
-                    return self._dead(child, out)  # the driver's reader names a bad header
+                start = 0 if child.greeted else len(MAGIC)
+                child.greeted = True
+                if not self._fill(child, start + 4):
+                    return self._dead(child)
+                size = int.from_bytes(child.buffer[start : start + 4], "little")
+                if size > MAX_FRAME or not self._fill(child, start + 4 + size):
+                    return self._dead(child)  # the driver's reader names a bad header
             except OSError:
-                return self._dead(child, out)
-            return bytes(out)
+                return self._dead(child)
+            end = start + 4 + size
+            reply = bytes([ALIVE]) + child.buffer[:end]
+            del child.buffer[:end]
+            return reply
 
     @staticmethod
-    def _read(reader: io.FileIO, out: bytearray, size: int) -> bool:
-        """Append exactly ``size`` bytes to ``out``; ``False`` at end-of-file (``out`` then
-        holds what did arrive)."""
-        start = len(out)
-        out.extend(bytes(size))
-        filled = 0
-        with memoryview(out) as whole:
-            view = whole[start:]
-            while filled < size:
-                got = reader.readinto(view[filled:])
-                if not got:
-                    break
-                filled += got
-            view.release()
-        if filled < size:
-            del out[start + filled :]
-            return False
+    def _fill(child: _Child, size: int) -> bool:
+        """Read until ``size`` bytes are buffered; ``False`` at end-of-file."""
+        while len(child.buffer) < size:
+            data = child.spinner.read(READ)
+            if data is None:
+                data = os.read(child.process.from_child, READ)
+            if not data:
+                return False
+            child.buffer += data
         return True
 
     @staticmethod
-    def _dead(child: _Child, out: bytearray) -> bytes:
+    def _dead(child: _Child) -> bytes:
         child.process.kill()  # it hung up, or sent a header no reader accepts
-        out[0] = DEAD
-        return bytes(out)
+        reply = bytes([DEAD]) + child.buffer
+        child.buffer.clear()
+        return reply
+
+    def open_tcp(self, sid: int) -> bytes:
+        """The tcp data plane: listen on this node for one connection that sends the token,
+        then pump bytes both ways between it and the child's pipes (frames are not parsed,
+        as in ``exchange``). A report: the port and the token."""
+        import ray
+
+        child = self._child(sid)
+        if child is None:
+            return codec.encode({"error": "gone"})
+        token = secrets.token_bytes(TOKEN_BYTES)
+        listener = socket.create_server((ray.util.get_node_ip_address(), 0))
+        port = listener.getsockname()[1]
+        threading.Thread(target=self._serve_tcp, args=(child, listener, token), daemon=True,
+                         name=f"rlmesh-tcp {sid}").start()  # fmt: skip
+        return codec.encode({"port": port, "token": token})
+
+    def _serve_tcp(self, child: _Child, listener: socket.socket, token: bytes) -> None:
+        end = time.monotonic() + ACCEPT_WAIT
+        conn = None
+        with listener:
+            while conn is None and time.monotonic() < end:
+                listener.settimeout(max(end - time.monotonic(), 0.001))
+                try:
+                    candidate, _ = listener.accept()
+                except OSError:
+                    break
+                candidate.settimeout(TOKEN_WAIT)
+                try:
+                    given = candidate.recv(TOKEN_BYTES, socket.MSG_WAITALL)
+                except OSError:
+                    given = b""
+                if hmac.compare_digest(given, token):
+                    conn = candidate
+                else:
+                    candidate.close()  # a stranger (or a late, wrong one): keep waiting
+        if conn is None:
+            child.process.kill()  # the driver never came: the sandbox is of no use
+            return
+        conn.settimeout(None)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        child.greeted = True  # the exchange relay is not used for this child
+        child.conn = conn
+        # The pumps own duplicates of the child's pipe ends, so a stop that closes the
+        # originals can never leave them writing to a reused fd number.
+        to_fd, from_fd = os.dup(child.process.to_child), os.dup(child.process.from_child)
+        threading.Thread(target=_pump_in, args=(conn, to_fd), daemon=True,
+                         name="rlmesh-tcp-in").start()  # fmt: skip
+        _pump_out(from_fd, conn)
 
     def report(self, sid: int, what: str, wait: float) -> bytes:
         """How a child died: exit status, pid and its last output."""
@@ -181,9 +235,10 @@ class Host:
             child = self._children.pop(sid, None)
         if child is None:
             return codec.encode(None)
+        if child.conn is not None:  # the pump lets go of the request pipe: the child sees EOF
+            with contextlib.suppress(OSError):
+                child.conn.shutdown(socket.SHUT_RDWR)
         code = child.process.stop(grace)
-        with contextlib.suppress(OSError):
-            child.reader.close()
         return codec.encode(code)
 
     def shutdown(self) -> bytes:
@@ -193,3 +248,26 @@ class Host:
         for sid in sids:
             self.stop(sid, 0.0)
         return b""
+
+
+def _pump_in(conn: socket.socket, fd: int) -> None:
+    """Driver to child: socket to the request pipe, until either end closes."""
+    buffer = bytearray(PUMP_READ)
+    with contextlib.suppress(OSError), memoryview(buffer) as view:
+        while got := conn.recv_into(view):
+            data = view[:got]
+            while data:
+                data = data[os.write(fd, data) :]
+    os.close(fd)  # the child reads end-of-file: the driver is gone or closed
+
+
+def _pump_out(fd: int, conn: socket.socket) -> None:
+    """Child to driver: the reply pipe to the socket; at the child's end-of-file the driver
+    reads end-of-file too."""
+    with contextlib.suppress(OSError):
+        while data := os.read(fd, PUMP_READ):
+            conn.sendall(data)
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_RDWR)
+    conn.close()
