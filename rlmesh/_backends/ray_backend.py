@@ -388,7 +388,9 @@ class RayWorker:
         for end in (self._mine, self._relay_end):
             end.close()
         data = self._call("open_tcp", timeout=budget)
-        report = codec.decode(data) if data is not None else {"error": "no answer in time"}
+        report: dict[str, Any] = (
+            codec.decode(data) if data is not None else {"error": "no answer in time"}
+        )
         if "error" in report:
             raise SandboxStartupError(
                 f"the Ray host for {self.label!r} could not open the tcp data plane: "
