@@ -37,6 +37,7 @@ def test_every_benchmark_is_run_here() -> None:
         "vector_throughput.py",
         "compare_revisions.py",
         "host_instructions.py",
+        "ray_overhead.py",
     }
     assert {path.name for path in BENCHMARKS.glob("*.py")} == tested
 
@@ -85,3 +86,12 @@ def test_host_instructions_counts_a_step_of_the_sync_face() -> None:
     out = run_benchmark("host_instructions.py", "--steps", "3", "--face", "SandboxEnv")
     [row] = [line for line in out.splitlines() if line.startswith("| SandboxEnv |")]
     assert re.fullmatch(r"-?[\d,]+", row.split("|")[2].strip())
+
+
+def test_ray_overhead_prints_relay_against_echo_and_tcp_against_the_pipe() -> None:
+    pytest.importorskip("ray")  # the nox tests session installs the ray extra
+    out = run_benchmark("ray_overhead.py", "--steps", "30", "--rounds", "1")
+    for what in ("relay step (data_plane='ray')", "tcp step (data_plane='tcp')"):
+        (row,) = [line for line in out.splitlines() if what in line]
+        assert RATIO.search(row), row
+    assert "ray.init (a local cluster)" in out and "first start on Ray" in out
