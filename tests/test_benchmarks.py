@@ -88,6 +88,7 @@ def test_host_instructions_counts_a_step_of_the_sync_face() -> None:
     assert re.fullmatch(r"-?[\d,]+", row.split("|")[2].strip())
 
 
+@pytest.mark.ray
 def test_ray_overhead_prints_relay_against_echo_and_tcp_against_the_pipe() -> None:
     pytest.importorskip("ray")  # the nox tests session installs the ray extra
     out = run_benchmark("ray_overhead.py", "--steps", "30", "--rounds", "1")

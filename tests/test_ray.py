@@ -73,6 +73,14 @@ def ray_session() -> Iterator[Any]:
     ray.shutdown()
 
 
+@pytest.mark.skipif(not os.environ.get("RLMESH_TEST_CONFINED"), reason="nox confines it")
+def test_the_cluster_sees_loopback_alone(ray_session: Any) -> None:
+    """Under ``nox -s tests`` these tests run in a network namespace with only ``lo``."""
+    lines = Path("/proc/net/dev").read_text().splitlines()[2:]
+    assert [line.split(":")[0].strip() for line in lines] == ["lo"]
+    assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"
+
+
 def wait_until(what: Callable[[], bool], timeout: float) -> bool:
     """Whether ``what()`` holds within ``timeout`` s (Ray frees resources asynchronously)."""
     end = time.monotonic() + timeout
