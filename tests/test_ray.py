@@ -346,6 +346,17 @@ def test_close_leaves_no_process_and_no_actor(no_leftovers: None) -> None:
     assert wait_until(cpus_free, 15.0)
 
 
+def test_an_env_dropped_unclosed_leaves_nothing(no_leftovers: None) -> None:
+    import gc
+
+    env = SandboxEnv("CartPole-v1", backend=ONE_PER_HOST)
+    env.reset()
+    remote_pid = env._core.sandbox.child.remote_pid
+    del env
+    gc.collect()
+    assert wait_gone(remote_pid, 10.0), "the sandbox outlived its garbage-collected env"
+
+
 def test_a_driver_that_exits_without_closing_leaves_nothing(ray_session: Any) -> None:
     address = ray.get_runtime_context().gcs_address
     code = textwrap.dedent(f"""

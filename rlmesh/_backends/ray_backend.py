@@ -82,8 +82,9 @@ class RayBackend:
         envs_per_host: Sandboxes one host actor holds before another is placed.
         placement: ``"pack"`` (Ray's default placement) or ``"spread"`` (host actors over
             as many nodes as possible).
-        max_restarts: Ray restarts of a host actor that died (its sandboxes are lost, and
-            report a crash; ``auto_restart`` starts them again).
+        max_restarts: Passed to Ray for each host actor. The sandboxes of a host that died
+            are lost either way and report a crash; later ones go to a newly placed host
+            (``auto_restart`` starts the lost ones there).
         data_plane: ``"ray"`` (frames as actor calls through a relay) or ``"tcp"`` (a
             token-authenticated socket to the host actor).
         placement_timeout: Seconds to wait for a host actor to be placed and started; then a
@@ -231,7 +232,9 @@ class _Pool:
             raise SandboxStartupError(f"a Ray host actor failed to start: {exc}") from None
         host.actor, host.where = actor, where
 
-    def release(self, host: _HostSlot) -> None:
+    def release(self, host: _HostSlot, *, graceful: bool = True) -> None:
+        """One sandbox less on ``host``; the last one out kills the actor (after stopping
+        its children, if ``graceful``: otherwise they end when the actor's pipes close)."""
         with self.lock:
             host.used -= 1
             if host.used > 0:
@@ -241,7 +244,7 @@ class _Pool:
         if host.actor is None:
             return  # never placed
         ray = ray_module()
-        if not host.dead and ray.is_initialized():
+        if graceful and not host.dead and ray.is_initialized():
             with contextlib.suppress(Exception):
                 ray.get(host.actor.shutdown.remote(), timeout=DEFAULT_TIMEOUTS.kill_wait)
         with contextlib.suppress(Exception):
@@ -545,7 +548,7 @@ class RayWorker:
         for end in (self._mine, self._relay_end):
             with contextlib.suppress(OSError):
                 end.close()
-        self._pool.release(self._host)
+        self._pool.release(self._host, graceful=wait)
         return self._code
 
 
