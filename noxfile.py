@@ -46,7 +46,8 @@ def tests(session: nox.Session) -> None:
     try:
         session.run("pytest", "-m", "not ray", *session.posargs, env=env, success_codes=[0, 5])
         session.run(*_CONFINED, "pytest", "-m", "ray", *session.posargs,
-                    env={**env, "RLMESH_TEST_CONFINED": "1"}, success_codes=[0, 5])  # fmt: skip
+                    env={**env, "RLMESH_TEST_CONFINED": "1"}, success_codes=[0, 5],
+                    external=True)  # fmt: skip
     finally:
         if not shared:
             shutil.rmtree(cache, ignore_errors=True)
