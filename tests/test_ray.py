@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,7 @@ def ray_session() -> Iterator[Any]:
     print(f"ray.init took {time.monotonic() - begun:.1f} s")
     yield ray
     ray.shutdown()
+    shutil.rmtree(_RAY_TMP, ignore_errors=True)  # Ray's session logs and sockets
 
 
 @pytest.mark.skipif(not os.environ.get("RLMESH_TEST_CONFINED"), reason="nox confines it")
