@@ -318,6 +318,21 @@ def test_a_dead_host_actor_is_a_crash_and_auto_restart_places_a_new_one(
         env.step(0)
 
 
+def test_auto_restart_replaces_only_the_crashed_vector_worker_on_ray(no_leftovers: None) -> None:
+    with SandboxVectorEnv(FAULTY, num_envs=4, num_workers=2, auto_restart=True,
+                          backend=ONE_PER_HOST, **TEST_ENVS) as env:  # fmt: skip
+        env.reset(seed=0)
+        before = [s.child.remote_pid for s in env._core.sandboxes]
+        env.set_attr("mode", ["ok", "ok", "exit", "ok"])
+        with pytest.raises(SandboxCrashedError, match=r"\[worker 1/2\]"):
+            env.step(np.zeros(4, dtype=np.int64))
+        obs, infos = env.reset(seed=1)
+        after = [s.child.remote_pid for s in env._core.sandboxes]
+        assert after[0] == before[0] and after[1] != before[1]
+        assert infos["rlmesh_restarted"].tolist() == [False, False, True, True]
+        assert env.step(np.zeros(4, dtype=np.int64))[0].shape == (4, 2)
+
+
 def test_call_timeout_stops_a_stuck_sandbox(no_leftovers: None) -> None:
     with SandboxEnv(FAULTY, mode="sleep", backend=ONE_PER_HOST, call_timeout=1.0,
                     **TEST_ENVS) as env:  # fmt: skip
