@@ -57,11 +57,13 @@ RAY_INIT = {
 }
 
 
+_RAY_TMP: list[str] = []  # the session's Ray temp dir, made when the cluster first starts
+
+
 def _start_ray() -> None:
-    ray.init(**RAY_INIT, _temp_dir=_RAY_TMP)
-
-
-_RAY_TMP = tempfile.mkdtemp(prefix="rlr-", dir="/tmp")  # short: Ray's socket paths
+    if not _RAY_TMP:
+        _RAY_TMP.append(tempfile.mkdtemp(prefix="rlr-", dir="/tmp"))  # short: socket paths
+    ray.init(**RAY_INIT, _temp_dir=_RAY_TMP[0])
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +74,7 @@ def ray_session() -> Iterator[Any]:
     print(f"ray.init took {time.monotonic() - begun:.1f} s")
     yield ray
     ray.shutdown()
-    shutil.rmtree(_RAY_TMP, ignore_errors=True)  # Ray's session logs and sockets
+    shutil.rmtree(_RAY_TMP[0], ignore_errors=True)  # Ray's session logs and sockets
 
 
 @pytest.mark.skipif(not os.environ.get("RLMESH_TEST_CONFINED"), reason="nox confines it")
