@@ -365,10 +365,11 @@ def test_close_leaves_no_process_and_no_actor(no_leftovers: None) -> None:
     assert wait_until(cpus_free, 15.0)
 
 
-def test_an_env_dropped_unclosed_leaves_nothing(no_leftovers: None) -> None:
+@pytest.mark.parametrize("plane", ["ray", "tcp"])
+def test_an_env_dropped_unclosed_leaves_nothing(no_leftovers: None, plane: str) -> None:
     import gc
 
-    env = SandboxEnv("CartPole-v1", backend=ONE_PER_HOST)
+    env = SandboxEnv("CartPole-v1", backend=RayBackend(resources=HOST, data_plane=plane))
     env.reset()
     remote_pid = env._core.sandbox.child.remote_pid
     del env
@@ -376,14 +377,16 @@ def test_an_env_dropped_unclosed_leaves_nothing(no_leftovers: None) -> None:
     assert wait_gone(remote_pid, 10.0), "the sandbox outlived its garbage-collected env"
 
 
-def test_a_driver_that_exits_without_closing_leaves_nothing(ray_session: Any) -> None:
+@pytest.mark.parametrize("plane", ["ray", "tcp"])
+def test_a_driver_that_exits_without_closing_leaves_nothing(ray_session: Any, plane: str) -> None:
     address = ray.get_runtime_context().gcs_address
     code = textwrap.dedent(f"""
         import os, sys, ray
         ray.init(address={address!r}, log_to_driver=False)
         from rlmesh.numpy import SandboxEnv
         from rlmesh.ray import RayBackend
-        env = SandboxEnv("CartPole-v1", backend=RayBackend(resources={HOST!r}))
+        env = SandboxEnv("CartPole-v1",
+                         backend=RayBackend(resources={HOST!r}, data_plane={plane!r}))
         env.reset()
         print(env._core.sandbox.child.remote_pid, flush=True)
         os._exit(0)
@@ -497,40 +500,29 @@ def test_tcp_crash_is_the_usual_error(no_leftovers: None) -> None:
         assert caught.value.exit_code == 3 and "goodbye" in caught.value.stderr_tail
 
 
-class _FakeProcess:
-    def __init__(self) -> None:
-        self.request_r, self.to_child = os.pipe()
-        self.from_child, self.reply_w = os.pipe()
-        self.killed = False
-
-    def kill(self) -> None:
-        self.killed = True
-
-
 def test_the_tcp_listener_takes_only_the_token_holder() -> None:
     import socket
     import threading
 
     from rlmesh._backends import ray_host
 
-    process = _FakeProcess()
-    child = ray_host._Child(process)  # type: ignore[arg-type]
     token = os.urandom(ray_host.TOKEN_BYTES)
     listener = socket.create_server(("127.0.0.1", 0))
     address = listener.getsockname()
-    serve = threading.Thread(target=ray_host.Host()._serve_tcp, args=(child, listener, token))
+    taken: list[Any] = []
+    serve = threading.Thread(target=lambda: taken.append(ray_host.accept(listener, token, 20)))
     serve.start()
     with socket.create_connection(address, timeout=10) as stranger:
         stranger.sendall(b"x" * ray_host.TOKEN_BYTES)
         assert stranger.recv(1) == b""  # turned away
     with socket.create_connection(address, timeout=10) as driver:
         driver.sendall(token + b"request")
-        assert os.read(process.request_r, 7) == b"request"
-        os.write(process.reply_w, b"reply")
-        assert driver.recv(5) == b"reply"
-        os.close(process.reply_w)  # the child ends: the driver reads end-of-file
-        assert driver.recv(1) == b""
-    serve.join(10)
-    assert not serve.is_alive() and not process.killed
-    for fd in (process.request_r, process.to_child, process.from_child):
-        os.close(fd)
+        serve.join(10)
+        (conn,) = taken
+        assert conn is not None and conn.recv(7, socket.MSG_WAITALL) == b"request"
+        conn.sendall(b"reply")
+        assert driver.recv(5, socket.MSG_WAITALL) == b"reply"
+        conn.close()
+    listener.close()
+    with socket.create_server(("127.0.0.1", 0)) as idle:  # nobody comes: None, in time
+        assert ray_host.accept(idle, token, 0.2) is None

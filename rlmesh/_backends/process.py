@@ -308,6 +308,7 @@ def spawn_worker(
     worker_args: Sequence[str] = (),
     wrapper: Sequence[str] = (),
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
+    protocol_fd: int | None = None,
 ) -> ChildProcess:
     """Start the worker (``python -s -c <boot> --fds R W``) with dedicated protocol pipes.
 
@@ -315,20 +316,27 @@ def spawn_worker(
     but does see ``PYTHONHASHSEED``. ``keep_fds`` are inherited by the child as they are (the
     venv's in-use lock); ``worker_args`` go to the worker (limits); ``wrapper`` runs it
     (bubblewrap). Raises ``OSError`` (``EMFILE``) when this process is out of fds, with
-    every fd it opened closed again.
+    every fd it opened closed again. ``protocol_fd``: a connected socket the worker speaks the
+    protocol on, both ways, instead of pipes of its own (the Ray backend's tcp data plane);
+    the caller keeps and closes its copy, and the handle's ``to_child``/``from_child`` are -1.
     """
     raise_fd_limit()
     opened: list[int] = []
     try:
-        for _ in range(3):
+        for _ in range(3 if protocol_fd is None else 1):
             opened += os.pipe2(os.O_CLOEXEC)
     except BaseException:
         for fd in opened:
             os.close(fd)
         raise
-    host_read, child_write, child_read, host_write, out_read, out_write = opened
-    _grow_pipe(host_read)
-    _grow_pipe(host_write)
+    if protocol_fd is None:
+        host_read, child_write, child_read, host_write, out_read, out_write = opened
+        _grow_pipe(host_read)
+        _grow_pipe(host_write)
+    else:
+        out_read, out_write = opened
+        host_read = host_write = -1
+        child_read = child_write = protocol_fd
     argv = [
         *wrapper,
         str(python),
@@ -356,7 +364,7 @@ def spawn_worker(
         for fd in opened:
             os.close(fd)
         raise
-    for fd in (child_read, child_write, out_write):
+    for fd in (out_write,) if protocol_fd is not None else (child_read, child_write, out_write):
         os.close(fd)
     echo = os.environ.get(ECHO_ENV, "1") != "0"
     pump = OutputPump(out_read, f"[{label} pid {popen.pid}] ", echo)

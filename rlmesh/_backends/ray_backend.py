@@ -13,8 +13,8 @@ and writes the reply frame it returns back into the socket. The driver never dec
 relay, and Ray carries only ``bytes`` (frames, and reports made by rlmesh's codec), so the
 driver never unpickles anything a sandbox wrote. A vector worker's batch is one frame, so one
 call. With ``data_plane="tcp"`` there is no relay: the host actor listens on its node for one
-connection that proves itself with a 32-byte token it handed the driver through Ray, then
-pumps bytes between that socket and the child's pipes; the core reads the socket directly.
+connection that proves itself with a 32-byte token it handed the driver through Ray, and
+starts the child on that socket; the core reads and writes it directly, to the child.
 
 Every wait is bounded: placing a host actor by ``placement_timeout`` (then a teaching error
 that names the resources asked for and what the cluster has free), a start by the caller's
@@ -312,8 +312,15 @@ def _start(
     try:
         left = max(budget - (time.monotonic() - begun), 0.001)
         values = {name: value for name, value in options.items() if name != "backend"}
-        call = host.actor.start.remote(values, resolved, label, left)
+        conn = None
         try:
+            listener = 0
+            if backend.data_plane == "tcp":
+                plane = codec.decode(ray.get(host.actor.listen.remote(), timeout=left))
+                listener = int(plane["id"])
+            call = host.actor.start.remote(values, resolved, label, left, listener)
+            if listener:
+                conn = _connect_tcp(host, plane, label, left)
             report = codec.decode(ray.get(call, timeout=left + REPORT_WAIT))
         except ray.exceptions.GetTimeoutError:
             raise SandboxTimeoutError(
@@ -328,12 +335,36 @@ def _start(
         if "error" in report:
             raise _start_error(report, label, host.where)
     except BaseException:
+        if conn is not None:
+            conn.close()
         pool.release(host)
         raise
-    worker = RayWorker(pool, host, int(report["id"]), label, report, options.timeouts)
+    worker = RayWorker(pool, host, int(report["id"]), label, report, options.timeouts, conn)
     started.append(worker)
-    worker.begin(max(budget - (time.monotonic() - begun), 0.001))
+    worker.begin()
     return worker
+
+
+def _connect_tcp(host: _HostSlot, plane: dict[str, Any], label: str, left: float) -> socket.socket:
+    """The tcp data plane's connection to the host, token sent."""
+    address = (str(host.where.get("ip")), int(plane["port"]))
+    try:
+        conn = socket.create_connection(address, timeout=min(left, TCP_CONNECT_WAIT))
+    except OSError as exc:
+        raise SandboxStartupError(
+            f"the driver could not reach the Ray host of {label!r} at {address[0]}:"
+            f"{address[1]} for data_plane='tcp' ({exc}); open that node's ports to the "
+            "driver, or use data_plane='ray'",
+            source=label,
+        ) from None
+    try:
+        conn.sendall(bytes(plane["token"]))
+        conn.settimeout(None)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _start_error(report: dict[str, Any], label: str, where: dict[str, Any]) -> Exception:
@@ -360,6 +391,7 @@ class RayWorker:
         label: str,
         report: dict[str, Any],
         timeouts: Timeouts,
+        conn: socket.socket | None = None,
     ) -> None:
         self.label = label
         self.pid: int | None = None  # the child runs on another node's pid space
@@ -372,7 +404,8 @@ class RayWorker:
         self._pool = pool
         self._host = host
         self._sid = sid
-        self._mine, self._relay_end = socket.socketpair()  # tcp: ``begin`` swaps in a socket
+        # the core's end, and the relay's; tcp: the connection to the child, and no relay
+        self._mine, self._relay_end = (conn, conn) if conn is not None else socket.socketpair()
         self.to_child = self.from_child = self._mine.fileno()
         self._closing = threading.Event()
         self._host_error: str | None = None  # the host actor died: Ray's words
@@ -383,38 +416,10 @@ class RayWorker:
         self._thread = threading.Thread(target=self._relay, name=f"rlmesh-ray-relay {label}",
                                         daemon=True)  # fmt: skip
 
-    def begin(self, budget: float) -> None:
-        """Open the data plane: start the relay, or connect to the host's tcp socket."""
+    def begin(self) -> None:
+        """Start the relay (the tcp data plane has none)."""
         if self._pool.backend.data_plane == "ray":
             self._thread.start()
-            return
-        for end in (self._mine, self._relay_end):
-            end.close()
-        data = self._call("open_tcp", timeout=budget)
-        report: dict[str, Any] = (
-            codec.decode(data) if data is not None else {"error": "no answer in time"}
-        )
-        if "error" in report:
-            raise SandboxStartupError(
-                f"the Ray host for {self.label!r} could not open the tcp data plane: "
-                f"{report['error']}",
-                source=self.label,
-            )
-        address = (str(self._host.where.get("ip")), int(report["port"]))
-        try:
-            conn = socket.create_connection(address, timeout=min(budget, TCP_CONNECT_WAIT))
-        except OSError as exc:
-            raise SandboxStartupError(
-                f"the driver could not reach the Ray host of {self.label!r} at "
-                f"{address[0]}:{address[1]} for data_plane='tcp' ({exc}); open that node's "
-                "ports to the driver, or use data_plane='ray'",
-                source=self.label,
-            ) from None
-        conn.settimeout(None)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.sendall(bytes(report["token"]))
-        self._mine = self._relay_end = conn
-        self.to_child = self.from_child = conn.fileno()
 
     @property
     def returncode(self) -> int | None:

@@ -11,6 +11,11 @@ Every method returns ``bytes``: a frame (behind one status byte) or a small repo
 with rlmesh's own codec (``_wire.codec``), which the driver decodes with the safe decoder.
 Failures come back as reports too, never as pickled exceptions.
 
+The tcp data plane (``listen``, then ``start`` with its listener): the host takes the first
+connection that sends the 32-byte token it handed the driver through Ray, and starts the
+child with that socket as its protocol fds, so frames go between driver and child directly
+and never through this actor; the actor keeps only control (stop, kill, reports).
+
 The class is plain Python; ``ray_backend`` turns it into an actor class with ``ray.remote``.
 A threaded actor (``max_concurrency``) lets ``kill``/``stop`` run while an ``exchange`` waits
 on a busy child. When the actor process dies, its children see their request pipe close and
@@ -19,7 +24,6 @@ end themselves (the worker's watchdog), so a lost host leaves nothing behind.
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import itertools
 import os
@@ -44,9 +48,8 @@ __all__ = ["ALIVE", "DEAD", "TOKEN_BYTES", "Host"]
 ALIVE = 0  # status byte: a whole frame follows
 DEAD = 1  # status byte: what was read before the child hung up (or a bad header) follows
 TOKEN_BYTES = 32  # the tcp data plane's secret, sent first by the driver
-ACCEPT_WAIT = 30.0  # seconds the tcp listener waits for the driver to connect and prove it
+ACCEPT_WAIT = 30.0  # seconds a tcp listener waits for the driver to connect and prove it
 TOKEN_WAIT = 5.0  # seconds a connection gets to send the token
-PUMP_READ = 1 << 20
 READ = 1 << 20  # the most one read of a child's replies takes
 
 
@@ -57,9 +60,9 @@ class _Child:
     def __init__(self, process: ChildProcess) -> None:
         self.process = process
         self.buffer = bytearray()
-        self.spinner = Spinner(process.from_child)
+        # a tcp child speaks on its own socket: the host holds no end of its protocol
+        self.spinner = Spinner(process.from_child) if process.from_child >= 0 else None
         self.greeted = False
-        self.conn: socket.socket | None = None  # the tcp data plane's connection, if any
         self.lock = threading.Lock()  # one exchange at a time (the driver sends one anyway)
 
 
@@ -68,6 +71,7 @@ class Host:
 
     def __init__(self) -> None:
         self._children: dict[int, _Child] = {}
+        self._listeners: dict[int, tuple[socket.socket, bytes]] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -80,16 +84,46 @@ class Host:
                   None) or ray.util.get_node_ip_address()  # fmt: skip
         return codec.encode({"node": node, "ip": ip, "pid": os.getpid()})
 
+    def listen(self) -> bytes:
+        """The tcp data plane: a listening socket on this node and its token, for one
+        ``start``; a report: its id, port and token."""
+        import ray
+
+        listener = socket.create_server((ray.util.get_node_ip_address(), 0))
+        token = secrets.token_bytes(TOKEN_BYTES)
+        with self._lock:
+            lid = next(self._ids)
+            self._listeners[lid] = (listener, token)
+        return codec.encode({"id": lid, "port": listener.getsockname()[1], "token": token})
+
     def start(
-        self, values: dict[str, Any], resolved: Resolved, label: str, timeout: float
+        self,
+        values: dict[str, Any],
+        resolved: Resolved,
+        label: str,
+        timeout: float,
+        listener: int = 0,
     ) -> bytes:
         """Build or reuse the venv and start a child; a report: its id, pid and details, or
-        the error (its type's name and message)."""
+        the error (its type's name and message). With a ``listener`` (tcp), first wait for
+        the driver's connection and its token: the child speaks the protocol on that socket
+        itself, so frames never pass through this actor."""
         options = Options({**values, "backend": None})
+        begun = time.monotonic()
+        conn = None
+        if listener:
+            with self._lock:
+                server, token = self._listeners.pop(listener)
+            with server:
+                conn = accept(server, token, min(timeout, ACCEPT_WAIT))
+            if conn is None:
+                message = "the driver did not connect to the tcp data plane with its token"
+                return codec.encode({"error": "SandboxStartupError", "message": message})
+        fd = None if conn is None else conn.fileno()
 
         async def start() -> ChildProcess:
-            with anyio.fail_after(timeout):
-                return await VenvBackend().start(options, resolved, label)
+            with anyio.fail_after(max(timeout - (time.monotonic() - begun), 0.001)):
+                return await VenvBackend().start(options, resolved, label, protocol_fd=fd)
 
         try:
             process = anyio.run(start)
@@ -99,6 +133,9 @@ class Host:
         except Exception as exc:
             kind = type(exc).__name__ if isinstance(exc, (SandboxError, OSError)) else "error"
             return codec.encode({"error": kind, "message": f"{type(exc).__name__}: {exc}"})
+        finally:
+            if conn is not None:
+                conn.close()  # the child holds its own copy: the driver's EOF reaches it
         sid = next(self._ids)
         with self._lock:
             self._children[sid] = _Child(process)
@@ -114,7 +151,7 @@ class Host:
         """Write one request frame and return the status byte and the reply frame; the
         first call (an empty ``frame``) returns the child's greeting: ``MAGIC`` and ``HELLO``."""
         child = self._child(sid)
-        if child is None:
+        if child is None or child.spinner is None:
             return bytes([DEAD])
         with child.lock:
             try:
@@ -140,7 +177,7 @@ class Host:
     def _fill(child: _Child, size: int) -> bool:
         """Read until ``size`` bytes are buffered; ``False`` at end-of-file."""
         while len(child.buffer) < size:
-            data = child.spinner.read(READ)
+            data = None if child.spinner is None else child.spinner.read(READ)
             if data is None:
                 data = os.read(child.process.from_child, READ)
             if not data:
@@ -154,55 +191,6 @@ class Host:
         reply = bytes([DEAD]) + child.buffer
         child.buffer.clear()
         return reply
-
-    def open_tcp(self, sid: int) -> bytes:
-        """The tcp data plane: listen on this node for one connection that sends the token,
-        then pump bytes both ways between it and the child's pipes (frames are not parsed,
-        as in ``exchange``). A report: the port and the token."""
-        import ray
-
-        child = self._child(sid)
-        if child is None:
-            return codec.encode({"error": "gone"})
-        token = secrets.token_bytes(TOKEN_BYTES)
-        listener = socket.create_server((ray.util.get_node_ip_address(), 0))
-        port = listener.getsockname()[1]
-        threading.Thread(target=self._serve_tcp, args=(child, listener, token), daemon=True,
-                         name=f"rlmesh-tcp {sid}").start()  # fmt: skip
-        return codec.encode({"port": port, "token": token})
-
-    def _serve_tcp(self, child: _Child, listener: socket.socket, token: bytes) -> None:
-        end = time.monotonic() + ACCEPT_WAIT
-        conn = None
-        with listener:
-            while conn is None and time.monotonic() < end:
-                listener.settimeout(max(end - time.monotonic(), 0.001))
-                try:
-                    candidate, _ = listener.accept()
-                except OSError:
-                    break
-                candidate.settimeout(TOKEN_WAIT)
-                try:
-                    given = candidate.recv(TOKEN_BYTES, socket.MSG_WAITALL)
-                except OSError:
-                    given = b""
-                if hmac.compare_digest(given, token):
-                    conn = candidate
-                else:
-                    candidate.close()  # a stranger (or a late, wrong one): keep waiting
-        if conn is None:
-            child.process.kill()  # the driver never came: the sandbox is of no use
-            return
-        conn.settimeout(None)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        child.greeted = True  # the exchange relay is not used for this child
-        child.conn = conn
-        # The pumps own duplicates of the child's pipe ends, so a stop that closes the
-        # originals can never leave them writing to a reused fd number.
-        to_fd, from_fd = os.dup(child.process.to_child), os.dup(child.process.from_child)
-        threading.Thread(target=_pump_in, args=(conn, to_fd), daemon=True,
-                         name="rlmesh-tcp-in").start()  # fmt: skip
-        _pump_out(from_fd, conn)
 
     def report(self, sid: int, what: str, wait: float) -> bytes:
         """How a child died: exit status, pid and its last output."""
@@ -235,9 +223,6 @@ class Host:
             child = self._children.pop(sid, None)
         if child is None:
             return codec.encode(None)
-        if child.conn is not None:  # the pump lets go of the request pipe: the child sees EOF
-            with contextlib.suppress(OSError):
-                child.conn.shutdown(socket.SHUT_RDWR)
         code = child.process.stop(grace)
         return codec.encode(code)
 
@@ -250,24 +235,24 @@ class Host:
         return b""
 
 
-def _pump_in(conn: socket.socket, fd: int) -> None:
-    """Driver to child: socket to the request pipe, until either end closes."""
-    buffer = bytearray(PUMP_READ)
-    with contextlib.suppress(OSError), memoryview(buffer) as view:
-        while got := conn.recv_into(view):
-            data = view[:got]
-            while data:
-                data = data[os.write(fd, data) :]
-    os.close(fd)  # the child reads end-of-file: the driver is gone or closed
-
-
-def _pump_out(fd: int, conn: socket.socket) -> None:
-    """Child to driver: the reply pipe to the socket; at the child's end-of-file the driver
-    reads end-of-file too."""
-    with contextlib.suppress(OSError):
-        while data := os.read(fd, PUMP_READ):
-            conn.sendall(data)
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        conn.shutdown(socket.SHUT_RDWR)
-    conn.close()
+def accept(listener: socket.socket, token: bytes, timeout: float) -> socket.socket | None:
+    """The first connection to ``listener`` within ``timeout`` s that sends ``token``
+    (compared in constant time; any other is closed at once), blocking; ``None`` if none."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        listener.settimeout(max(end - time.monotonic(), 0.001))
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return None
+        conn.settimeout(min(TOKEN_WAIT, max(end - time.monotonic(), 0.001)))
+        try:
+            given = conn.recv(TOKEN_BYTES, socket.MSG_WAITALL)
+        except OSError:
+            given = b""
+        if hmac.compare_digest(given, token):
+            conn.settimeout(None)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return conn
+        conn.close()  # a stranger, or a wrong token: keep waiting for the driver
+    return None
