@@ -165,6 +165,17 @@ def _gpus(name: str, value: Any) -> str | None:
     return text.strip()
 
 
+def _backend(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str) or not callable(getattr(value, "start", None)):
+        raise TypeError(
+            f"backend must be None (a uv virtualenv on this host) or a backend object such as "
+            f"rlmesh.ray.RayBackend(), not {value!r}"
+        )
+    return value
+
+
 def _rlmesh_package(name: str, value: Any) -> str | None:
     if value is None:
         value = os.environ.get(RLMESH_PACKAGE_ENV) or None
@@ -388,6 +399,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("gpus", None, _gpus, "str | None",
            "GPUs for a container sandbox: ``\"all\"`` or device numbers (``\"0,1\"``).",
            cli="str"),
+    Option("backend", None, _backend, "Any",
+           "Where the sandbox runs: ``None`` (a uv virtualenv and a child process on this "
+           "host) or ``rlmesh.ray.RayBackend(...)`` (on Ray cluster nodes). Not part of the "
+           "cache key."),
     Option("rlmesh_package", None, _rlmesh_package, "str | None",
            "The rlmesh installed in the sandbox: ``\"local\"`` (newest wheel in ``dist/``), a "
            "wheel path or a pip specifier. Default: ``$RLMESH_SANDBOX_RLMESH_PACKAGE``, else "

@@ -40,6 +40,7 @@ def test_every_benchmark_is_run_here() -> None:
         "compare_revisions.py",
         "host_instructions.py",
         "containers.py",
+        "ray_overhead.py",
     }
     assert {path.name for path in BENCHMARKS.glob("*.py")} == tested
 
@@ -100,3 +101,13 @@ def test_containers_prints_each_engine_against_the_venv_backend() -> None:
     for what in ("venv (uv virtualenv", "podman container"):
         (row,) = [line for line in out.splitlines() if line.startswith(f"| {what}")]
         assert len(RATIO.findall(row)) == 2, row
+
+
+@pytest.mark.ray
+def test_ray_overhead_prints_relay_against_echo_and_tcp_against_the_pipe() -> None:
+    pytest.importorskip("ray")  # the nox tests session installs the ray extra
+    out = run_benchmark("ray_overhead.py", "--steps", "30", "--rounds", "1")
+    for what in ("relay step (data_plane='ray')", "tcp step (data_plane='tcp')"):
+        (row,) = [line for line in out.splitlines() if what in line]
+        assert RATIO.search(row), row
+    assert "ray.init (a local cluster)" in out and "first start on Ray" in out

@@ -4,6 +4,8 @@
   bubblewrap). The default.
 - ``container``: a container of ``base_image`` (podman or docker) with a sandbox environment
   built on the host and mounted read-only.
+- ``backend=``: a backend object the caller passes, such as ``rlmesh.ray.RayBackend``
+  (``ray_backend``: sandboxes on Ray cluster nodes, each built there by ``venv``).
 
 Every backend starts the same worker (``rlmesh._worker``) with the same child-side files
 (``payload``), and hands the core a ``WorkerHandle``.
@@ -19,6 +21,20 @@ __all__ = ["Backend", "WorkerHandle", "backend_for"]
 
 def backend_for(options: Options) -> Backend:
     """The backend the options ask for."""
+    if options.base_image is None:
+        for name in ("cpus", "gpus"):
+            if options[name] is not None:
+                raise ValueError(
+                    f"{name}={options[name]!r} applies to container sandboxes: pass "
+                    f"base_image=... as well, or leave {name} unset"
+                )
+    if options.backend is not None:
+        if options.base_image is not None:
+            raise ValueError(
+                "base_image and backend= cannot be combined: a Ray host builds uv "
+                "virtualenvs on its node; leave one of them unset"
+            )
+        return options.backend  # type: ignore[no-any-return]
     if options.base_image is not None:
         if options.python is not None:
             raise ValueError(
@@ -35,12 +51,6 @@ def backend_for(options: Options) -> Backend:
         from .container import ContainerBackend
 
         return ContainerBackend()
-    for name in ("cpus", "gpus"):
-        if options[name] is not None:
-            raise ValueError(
-                f"{name}={options[name]!r} applies to container sandboxes: pass base_image=... "
-                f"as well, or leave {name} unset"
-            )
     from .venv import VenvBackend
 
     return VenvBackend()

@@ -316,6 +316,7 @@ def spawn_worker(
     worker_args: Sequence[str] = (),
     wrapper: Sequence[str] = (),
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
+    protocol_fd: int | None = None,
 ) -> ChildProcess:
     """Start the worker (``python -s -c <boot> --fds R W``) with dedicated protocol pipes.
 
@@ -323,7 +324,9 @@ def spawn_worker(
     but does see ``PYTHONHASHSEED``. ``keep_fds`` are inherited by the child as they are (the
     venv's in-use lock); ``worker_args`` go to the worker (limits); ``wrapper`` runs it
     (bubblewrap). Raises ``OSError`` (``EMFILE``) when this process is out of fds, with
-    every fd it opened closed again.
+    every fd it opened closed again. ``protocol_fd``: a connected socket the worker speaks the
+    protocol on, both ways, instead of pipes of its own (the Ray backend's tcp data plane);
+    the caller keeps and closes its copy, and the handle's ``to_child``/``from_child`` are -1.
     """
 
     def argv(child_read: int, child_write: int) -> list[str]:
@@ -331,7 +334,8 @@ def spawn_worker(
                 "--fds", str(child_read), str(child_write), *worker_args]  # fmt: skip
 
     return spawn(argv, label=label, env=_child_environment(env), cwd=cwd, keep_fds=keep_fds,
-                 timeouts=timeouts, private_pids=bool(wrapper))  # fmt: skip
+                 timeouts=timeouts, private_pids=bool(wrapper),
+                 protocol_fd=protocol_fd)  # fmt: skip
 
 
 def spawn(
@@ -345,25 +349,32 @@ def spawn(
     private_pids: bool = False,
     stdio: bool = False,
     handle: Callable[..., ChildProcess] | None = None,
+    protocol_fd: int | None = None,
 ) -> ChildProcess:
     """Start ``argv(child_read, child_write)`` with the protocol pipes: passed as those fds,
     or with ``stdio`` as its stdin and stdout (a container engine's CLI forwards only stdio).
 
     Its stdout and stderr (stderr alone with ``stdio``) go to an ``OutputPump``. ``handle``
     makes the ``ChildProcess`` (a subclass for backends that end their workers otherwise).
+    ``protocol_fd`` (not with ``stdio``): a socket passed as both protocol fds, not pipes.
     """
     raise_fd_limit()
     opened: list[int] = []
     try:
-        for _ in range(3):
+        for _ in range(3 if protocol_fd is None else 1):
             opened += os.pipe2(os.O_CLOEXEC)
     except BaseException:
         for fd in opened:
             os.close(fd)
         raise
-    host_read, child_write, child_read, host_write, out_read, out_write = opened
-    _grow_pipe(host_read)
-    _grow_pipe(host_write)
+    if protocol_fd is None:
+        host_read, child_write, child_read, host_write, out_read, out_write = opened
+        _grow_pipe(host_read)
+        _grow_pipe(host_write)
+    else:
+        out_read, out_write = opened
+        host_read = host_write = -1
+        child_read = child_write = protocol_fd
     try:
         popen = subprocess.Popen(
             argv(child_read, child_write),
@@ -379,7 +390,7 @@ def spawn(
         for fd in opened:
             os.close(fd)
         raise
-    for fd in (child_read, child_write, out_write):
+    for fd in (out_write,) if protocol_fd is not None else (child_read, child_write, out_write):
         os.close(fd)
     echo = os.environ.get(ECHO_ENV, "1") != "0"
     pump = OutputPump(out_read, f"[{label} pid {popen.pid}] ", echo)

@@ -573,7 +573,11 @@ class VenvBackend:
 
     name = "venv"
 
-    async def start(self, options: Options, resolved: Resolved, label: str) -> ChildProcess:
+    async def start(
+        self, options: Options, resolved: Resolved, label: str, *, protocol_fd: int | None = None
+    ) -> ChildProcess:
+        """``Backend.start``; ``protocol_fd``: a socket for the worker's protocol instead of
+        pipes (``spawn_worker``)."""
         raise_fd_limit()  # before the build and its locks open any
         bwrap = options.isolation == "bwrap"
         if bwrap:
@@ -600,6 +604,7 @@ class VenvBackend:
                     worker_args=worker_args,
                     wrapper=wrapper,
                     timeouts=options.timeouts,
+                    protocol_fd=protocol_fd,
                 )
             )
         finally:

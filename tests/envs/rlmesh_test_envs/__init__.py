@@ -51,6 +51,13 @@ class Evil:
         return (open, ("/tmp/rlmesh-evil-was-unpickled", "w"))
 
 
+def evil_pickle() -> bytes:
+    """A pickle whose loading creates the marker file (protocol 2: no framing, stable)."""
+    import pickle
+
+    return pickle.dumps(Evil(), protocol=2)
+
+
 def _pipes() -> list[int]:
     fds = []
     for name in os.listdir("/proc/self/fd"):
@@ -118,6 +125,8 @@ class FaultyEnv(gym.Env):
     bigframe    step() announces a 2 GiB frame on every pipe it has open
     alloc       step() allocates ``factor`` bytes (default 1 GiB)
     evil        step() returns an info value whose unpickling would run code
+    evilbytes   step() returns the pickle of such a value, as bytes, in its info
+    evilframe   step() writes that pickle as a whole frame into every pipe it has open
     probe       reset() reports what the sandbox lets it do (files, network, pid)
     spin        step() burns CPU for ``factor`` seconds (default 600)
     deep        step() returns an info holding a tuple nested ``factor`` deep (default 300)
@@ -187,6 +196,13 @@ class FaultyEnv(gym.Env):
         if self.mode == "alloc":
             hog = bytearray(int(self.factor or 1 << 30))
             hog[::4096] = b"x" * len(hog[::4096])
+        if self.mode == "evilbytes":
+            return np.zeros(2, np.float32), 0.0, False, False, {"pickle": evil_pickle()}
+        if self.mode == "evilframe":
+            data = evil_pickle()
+            for fd in _pipes():
+                with contextlib.suppress(OSError):
+                    os.write(fd, len(data).to_bytes(4, "little") + data)
         if self.mode == "evil":
             return np.zeros(2, np.float32), 0.0, False, False, {"evil": Evil()}
         if self.mode == "deep":

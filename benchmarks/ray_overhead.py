@@ -1,0 +1,122 @@
+"""What the Ray backend costs per step, against its floors, measured side by side in one run.
+
+relay step   SandboxEnv(CartPole-v1, backend=RayBackend()).step(0): a frame through the
+             driver's relay, one actor call, the child's pipe on the host, and back
+Ray echo     a bare round trip: ray.get(actor.echo.remote(frame)) on an actor that returns
+             its argument (the same bytes as a step request), on the same local cluster
+tcp step     the same step with RayBackend(data_plane="tcp"): a token-authenticated socket to
+             the host actor, which pumps bytes to the child's pipes
+local step   the same step on the local backend (the child's pipes straight from the driver)
+
+The goals of issue 15: relay step <= 1.2x Ray echo, tcp step <= 2x local step. Subjects are
+measured in alternating rounds (median of ``--rounds``), so drift hits them all alike; it
+also reports how long Ray takes to start and a first sandbox to start on it.
+
+Run: ``python benchmarks/ray_overhead.py [--steps N] [--rounds R] [--address ADDR]``. Without
+an address it starts a local cluster (2 CPUs, no dashboard) and stops it at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from rlmesh._wire import protocol as P
+from rlmesh.numpy import SandboxEnv
+from rlmesh.ray import RayBackend
+
+HOST = {"CPU": 0.1}
+
+
+class Echo:
+    def echo(self, data: bytes) -> bytes:
+        return data
+
+
+def per_step(step: Callable[[], Any], steps: int) -> float:
+    """Microseconds per call, after a short warm-up."""
+    for _ in range(min(steps, 20)):
+        step()
+    begun = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - begun) / steps * 1e6
+
+
+def stepper(env: SandboxEnv) -> Callable[[], Any]:
+    env.reset(seed=0)
+
+    def step() -> None:
+        if env.step(0)[2]:
+            env.reset()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--address", default=None)
+    args = parser.parse_args()
+
+    begun = time.perf_counter()
+    if args.address:
+        ray.init(address=args.address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray_init = time.perf_counter() - begun
+
+    begun = time.perf_counter()
+    local = SandboxEnv("CartPole-v1")
+    local_start = time.perf_counter() - begun
+    begun = time.perf_counter()
+    relay = SandboxEnv("CartPole-v1", backend=RayBackend(resources=HOST))
+    relay_start = time.perf_counter() - begun
+    tcp = SandboxEnv("CartPole-v1", backend=RayBackend(resources=HOST, data_plane="tcp"))
+    echo_actor = ray.remote(Echo).options(num_cpus=HOST["CPU"]).remote()
+    payload = P.RequestEncoder().encode([P.STEP, 0])
+    frame = P.frame_header(len(payload)) + payload
+    subjects: dict[str, Callable[[], Any]] = {
+        "Ray echo": lambda: ray.get(echo_actor.echo.remote(frame)),
+        "relay step": stepper(relay),
+        "local step": stepper(local),
+        "tcp step": stepper(tcp),
+    }
+    times: dict[str, list[float]] = {name: [] for name in subjects}
+    for _ in range(args.rounds):
+        for name, step in subjects.items():
+            times[name].append(per_step(step, args.steps))
+    us = {name: statistics.median(values) for name, values in times.items()}
+    for env in (local, relay, tcp):
+        env.close()
+    ray.kill(echo_actor)
+    if not args.address:
+        ray.shutdown()
+
+    size = f"{args.steps} steps x {args.rounds} rounds, median"
+    print(f"# Ray backend overhead ({platform.machine()}, {os.cpu_count()} CPUs, "
+          f"ray {ray.__version__}, {size})\n")  # fmt: skip
+    print("| Subject | us per step | ratio | goal |")
+    print("|---|---|---|---|")
+    print(f"| Ray echo round trip | {us['Ray echo']:.0f} | 1.00x | |")
+    print(f"| relay step (data_plane='ray') | {us['relay step']:.0f} | "
+          f"**{us['relay step'] / us['Ray echo']:.2f}x** | <= 1.2x Ray echo |")  # fmt: skip
+    print(f"| local step (pipe) | {us['local step']:.0f} | 1.00x | |")
+    print(f"| tcp step (data_plane='tcp') | {us['tcp step']:.0f} | "
+          f"**{us['tcp step'] / us['local step']:.2f}x** | <= 2x local step |")  # fmt: skip
+    print()
+    print(f"ray.init (a local cluster): {ray_init:.1f} s")
+    print(f"first start on Ray (host actor, cached venv, child): {relay_start:.2f} s; "
+          f"local start: {local_start:.2f} s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
