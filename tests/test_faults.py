@@ -180,6 +180,39 @@ def test_a_killed_host_takes_its_sandbox_while_the_env_holds_the_gil() -> None:
     assert wait_gone(child, 2.0), "a sandbox whose env held the GIL outlived its host"
 
 
+def _group(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid`` (zombies left out)."""
+    members = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(name))
+    return members
+
+
+def test_a_large_action_to_a_worker_that_died_meanwhile_fails_at_once() -> None:
+    # The worker's host watcher holds the read end of the request pipe. Once the worker is
+    # gone it must let go at once: else a 4 MiB action, four times the pipe, would block with
+    # nobody reading, until call_timeout, instead of failing as a crash.
+    env = SandboxEnv("rlmesh_hardening/BigAction-v0", exit_after=0.1, call_timeout=30,
+                     packages=TEST_ENVS["packages"],
+                     imports=["rlmesh_test_envs.hardening"])  # fmt: skip
+    try:
+        env.reset()
+        assert wait_gone(env.pid, 10)
+        started = time.monotonic()
+        with pytest.raises(SandboxCrashedError, match="exit code 3"):
+            env.step(np.zeros(env.action_space.shape, np.float32))
+        assert time.monotonic() - started < 10
+        assert _group(env.pid) == []  # nothing of the sandbox runs on
+    finally:
+        env.close()
+
+
 def test_close_kills_processes_the_env_started() -> None:
     with SandboxEnv(FAULTY, mode="spawn", **TEST_ENVS) as env:
         _, info = env.reset()

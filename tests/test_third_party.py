@@ -16,6 +16,7 @@ import os
 import subprocess
 import warnings
 from importlib.metadata import version
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -67,6 +68,13 @@ def _gymnasium_envs() -> list[tuple[str, list[str]]]:
 
 
 GYMNASIUM_ENVS = _gymnasium_envs()
+
+
+@pytest.fixture(autouse=True)
+def _scratch_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MuJoCo writes MUJOCO_LOG.TXT into the working directory (here and in the sandbox,
+    which starts in ours): keep it out of the checkout."""
+    monkeypatch.chdir(tmp_path)
 
 
 def test_the_gymnasium_registry_brings_every_family() -> None:

@@ -21,6 +21,7 @@ import os
 import select
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -69,36 +70,66 @@ def _close_quietly(*fds: int) -> None:
             os.close(fd)
 
 
-def _watch_host(rfd: int) -> None:
-    """Fork the watcher that ends this sandbox when the host goes away.
+def _wait_for_hangup(*fds: int) -> int:
+    """Block until one of ``fds`` reports hang-up (or an error); that fd."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, 0)  # no events asked: poll reports only hang-up and errors
+    while True:
+        try:
+            ready = poller.poll()
+        except InterruptedError:
+            continue
+        if ready:
+            return int(ready[0][0])
 
-    A process, not a thread: an env stuck in C code that holds the GIL (a regular expression
-    backtracking for hours, say) would starve a thread, and the sandbox would outlive its
-    host. The watcher keeps only the read end of the request pipe. When every write end has
-    closed (the host closed the sandbox, or died, even by SIGKILL) it SIGKILLs what the env
-    started, detached processes too (they are below the worker, a subreaper), then the
-    worker's process group, itself included. Call it before any thread starts.
+
+def _end_sandbox(worker: int, spare: int | None = None) -> None:
+    """SIGKILL what the env started below ``worker`` (detached ones too: the worker is a
+    subreaper) but ``spare``, then the worker's process group, the caller's own."""
+    kill_descendants(worker, spare=spare)
+    with contextlib.suppress(OSError):
+        os.killpg(0, signal.SIGKILL)
+
+
+def _watch_host(rfd: int, wfd: int) -> int:
+    """Start the watcher that ends this sandbox when the host goes away; returns an fd the
+    worker must keep (and close in processes it forks), or -1.
+
+    With pipes, the watcher is a forked process: an env stuck in C code that holds the GIL
+    (a regular expression backtracking for hours, say) would starve a thread, and the sandbox
+    would outlive its host. It keeps the read end of the request pipe and the read end of a
+    pipe whose write end only the worker holds. The host's end closing (the host closed the
+    sandbox, or died, even by SIGKILL) makes it end the sandbox; the worker's end closing
+    (the worker ended) makes it leave at once, so the host's next write fails as it should.
+    Call it before any thread starts.
+
+    With a socket (``rfd == wfd``: the Ray backend's tcp plane) a watcher process would hold
+    the connection open after the worker died, hiding its death from the host; a thread
+    watches instead, as the GIL allows.
     """
     worker = os.getpid()
+    if rfd == wfd:
+
+        def watch() -> None:
+            _wait_for_hangup(rfd)
+            _end_sandbox(worker)
+
+        threading.Thread(target=watch, name="rlmesh-host-watch", daemon=True).start()
+        return -1
+    alive_read, alive_write = os.pipe()
     if os.fork() != 0:
-        return
-    try:  # the watcher: nothing of the worker's but the request pipe's read end
+        os.close(alive_read)
+        return alive_write
+    try:  # the watcher: nothing of the worker's but the two read ends
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         for name in os.listdir("/proc/self/fd"):
-            if int(name) not in (0, 1, 2, rfd):
+            if int(name) not in (0, 1, 2, rfd, alive_read):
                 _close_quietly(int(name))
-        poller = select.poll()
-        poller.register(rfd, 0)  # no events asked: poll reports only hang-up and errors
-        while True:
-            try:
-                if poller.poll():
-                    break
-            except InterruptedError:
-                continue
-        kill_descendants(worker, spare=os.getpid())
-        os.killpg(0, signal.SIGKILL)  # the worker and its group, this watcher too
+        if _wait_for_hangup(rfd, alive_read) == rfd:
+            _end_sandbox(worker, spare=os.getpid())  # this watcher too, last
     finally:
         os._exit(0)
 
@@ -137,12 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         rfd, wfd = options.fds
     _set_limits(options.max_memory, options.max_cpu_seconds)
     become_subreaper()  # orphans of the env's processes stay below us, not under init
-    _watch_host(rfd)
+    alive = _watch_host(rfd, wfd)
     os.set_inheritable(rfd, False)
     os.set_inheritable(wfd, False)
     # A child the env forks must not hold our protocol pipes open: the host detects our death
     # by end-of-file, which a lingering copy of the write end would delay forever.
-    os.register_at_fork(after_in_child=lambda: _close_quietly(rfd, wfd))
+    os.register_at_fork(after_in_child=lambda: _close_quietly(rfd, wfd, alive))
     # The host drives us; a Ctrl-C at the terminal is the host's to handle.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(sys.stdout, "reconfigure"):

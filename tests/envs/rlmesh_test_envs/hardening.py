@@ -19,14 +19,20 @@ BIG_ACTION = 1 << 20  # float32s: a 4 MiB action, four times the host's 1 MiB pi
 
 
 class BigActionEnv(gym.Env):
-    """Takes a 4 MiB action; its observation is the action's first element."""
+    """Takes a 4 MiB action; its observation is the action's first element. With
+    ``exit_after``, the sandbox exits (status 3) that many seconds after ``reset``."""
 
-    def __init__(self) -> None:
+    def __init__(self, exit_after: float | None = None) -> None:
         self.observation_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(BIG_ACTION,), dtype=np.float32)
+        self.exit_after = exit_after
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
+        if self.exit_after is not None:
+            import threading
+
+            threading.Timer(self.exit_after, os._exit, (3,)).start()
         return np.zeros(1, np.float32), {"pid": os.getpid()}
 
     def step(self, action: Any):
