@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,19 @@ import pytest
 pytestmark = pytest.mark.sandbox
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
+
+# Examples that no test runs, and why; docs/recipes.md says so next to each.
+UNTESTED = {
+    "rllib_env.py": "ray[rllib] is not installed by the test session: it pulls about 100 MB "
+    "(pandas, pyarrow, scipy), pins its own gymnasium, and ray.init() costs tens of seconds "
+    "on the 2-core test machines",
+}
+
+
+def needs(module: str) -> pytest.MarkDecorator:
+    """Skip unless ``module`` imports here (nox -s tests installs it with the CPU torch)."""
+    missing = importlib.util.find_spec(module) is None
+    return pytest.mark.skipif(missing, reason=f"{module} is not installed here")
 
 
 def run(name: str) -> str:
@@ -27,15 +41,22 @@ def test_gym_sandbox_example() -> None:
     assert "reward=1.0, terminated=False" in out
 
 
-def test_every_example_is_tested() -> None:
+def test_every_example_is_tested_or_listed_as_untested_with_a_reason() -> None:
     tested = {
         "gym_sandbox.py",
         "async_rollout.py",
         "vector_sandbox.py",
         "check_sandboxed_env.py",
         "envhub_sandbox.py",
+        "cleanrl_loop.py",
+        "asyncio_agents.py",
+        "sb3_ppo.py",
+        "torchrl_env.py",
     }
-    assert {p.name for p in EXAMPLES.glob("*.py")} <= tested
+    assert not tested & UNTESTED.keys()
+    assert {p.name for p in EXAMPLES.glob("*.py")} == tested | UNTESTED.keys()
+    for name in UNTESTED:
+        compile((EXAMPLES / name).read_text(), name, "exec")
 
 
 def test_async_rollout_example() -> None:
@@ -59,3 +80,29 @@ def test_envhub_example(hf_commits: dict[str, str]) -> None:
     commit = hf_commits["lerobot/cartpole-env"]
     assert f"resolved to hf://lerobot/cartpole-env@{commit}:cartpole_suite/0" in out
     assert "step -> reward=1.0, terminated=False, obs shape (4,)" in out
+
+
+def test_cleanrl_style_loop_example() -> None:
+    out = run("cleanrl_loop.py")
+    assert "iteration 11:" in out
+    best = float(out.rsplit("best mean return ", 1)[1])
+    assert best >= 9.0, out
+
+
+def test_asyncio_agents_example() -> None:
+    out = run("asyncio_agents.py")
+    assert "8 agents, 16 episodes" in out
+    batches = int(out.split(", ")[-1].split()[0])
+    assert batches > 0, out
+
+
+@needs("stable_baselines3")
+def test_sb3_ppo_example() -> None:
+    out = run("sb3_ppo.py")
+    assert "PPO trained 2048 steps on 4 sandboxed envs" in out
+
+
+@needs("torchrl")
+def test_torchrl_example() -> None:
+    out = run("torchrl_env.py")
+    assert "single env: rollout of" in out and "vector env: rollout batch (4, 20)" in out
