@@ -36,7 +36,7 @@ class BatchedPolicy:
             batch = np.stack([obs for obs, _ in waiting])
             actions = (batch @ self.weights > 0).astype(int)
             self.batches += 1
-            for (_, future), action in zip(waiting, actions):
+            for (_, future), action in zip(waiting, actions, strict=True):
                 future.set_result(int(action))
 
 

@@ -21,7 +21,7 @@ next_obs, _ = envs.reset(seed=SEED)
 for iteration in range(ITERATIONS):
     candidate = weights + rng.normal(scale=0.5, size=weights.shape)
     returns: list[float] = []
-    for global_step in range(STEPS_PER_ITERATION):
+    for _ in range(STEPS_PER_ITERATION):
         actions = (next_obs @ candidate > 0).astype(np.int64)
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
         if "episode" in infos:
