@@ -35,7 +35,7 @@ NOT_RUN = {
 }  # fmt: skip
 
 _BLOCK = re.compile(
-    r"(?:<!-- not-run: (?P<reason>[^\n]*?) -->\n)?```python(?P<info>[^\n]*)\n(?P<body>.*?)^```",
+    r"^(?:<!-- not-run: (?P<reason>[^\n]*?) -->\n)?```python(?P<info>[^\n]*)\n(?P<body>.*?)^```",
     re.S | re.M,
 )
 _INCLUDE = re.compile(r'^--8<-- "([^"]+)"$')
@@ -95,6 +95,8 @@ def test_every_python_block_runs_or_is_an_included_example_or_is_listed() -> Non
     for block in ALL_BLOCKS:
         for path in block.includes:
             assert path.startswith("examples/") and (ROOT / path).is_file(), (block.page, path)
+    for page in PAGES:  # the collector sees fences at the start of a line only
+        assert not re.search(r"^[ \t]+```python", page.read_text(), re.M), page.name
     assert len(RUN_PAGES) >= 8 and sum(b.runs for b in ALL_BLOCKS) >= 9  # the parser sees them
 
 
@@ -213,3 +215,40 @@ def test_the_guides_signature_is_the_faces() -> None:
     bare = re.sub(r": '[^']*'", "", "SandboxEnv" + str(inspect.signature(SandboxEnv)))
     actual = re.sub(r"\s+", "", bare)
     assert written == actual
+
+
+def _shell_lines() -> list[tuple[str, str]]:
+    found = []
+    for page in PAGES:
+        for body in re.findall(r"```(?:bash|sh)[^\n]*\n(.*?)^```", page.read_text(), re.S | re.M):
+            for line in body.splitlines():
+                command = line.split(" #", 1)[0].split(" > ", 1)[0].strip()
+                if command:
+                    found.append((page.name, command))
+    return found
+
+
+def test_the_shell_blocks_name_real_commands_flags_and_sessions() -> None:
+    """Shell blocks are not run (they install, build or run for minutes), but every
+    ``rlmesh`` command in them must parse with the real CLI, every nox session must exist and
+    every flag given to benchmarks/plots.py must be one of its flags."""
+    import shlex
+
+    from rlmesh._cli import _parser
+
+    sessions = set(re.findall(r"^def (\w+)\(session", (ROOT / "noxfile.py").read_text(), re.M))
+    plots_flags = set(re.findall(r'add_argument\("(--[\w-]+)"',
+                                 (ROOT / "benchmarks" / "plots.py").read_text()))  # fmt: skip
+    checked = 0
+    for page, command in _shell_lines():
+        argv = shlex.split(command)
+        if argv[0] == "rlmesh":
+            _parser().parse_args(argv[1:])  # SystemExit (a failure) on an unknown command or flag
+            checked += 1
+        for match in re.finditer(r"nox -s (\w+)", command):
+            assert match.group(1) in sessions, (page, command)
+            checked += 1
+        if "nox -s bench --" in command:
+            flags = {arg for arg in argv[argv.index("--") + 1 :] if arg.startswith("--")}
+            assert flags <= plots_flags, (page, command)
+    assert checked >= 8
