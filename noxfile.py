@@ -42,6 +42,16 @@ def example(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def rllib(session: nox.Session) -> None:
+    """Run the RLlib recipe, examples/rllib_env.py (ray[rllib] is too heavy for nox -s tests)."""
+    wheel = _torch_cpu_wheel(session)
+    if not wheel:
+        session.skip(f"no CPU torch wheel in {TORCH_WHEELS}: PyPI's torch is a CUDA build")
+    session.install(wheel, "-e", ".", "ray[rllib]")
+    session.run("python", "examples/rllib_env.py", env={"RLMESH_SANDBOX_ECHO": "0"})
+
+
+@nox.session(default=False)
 def lint(session: nox.Session) -> None:
     """Check formatting and lint with ruff."""
     session.install("ruff>=0.6")

@@ -1,7 +1,8 @@
-"""RLlib: a sandboxed env as an RLlib environment (untested on rlmesh's CI machines).
+"""RLlib: a sandboxed env as an RLlib environment.
 
 RLlib makes each env through a registered creator, in each of its env runners; the creator
-returns a SandboxEnv, so every runner gets its own sandbox. Needs ray[rllib] and torch.
+returns a SandboxEnv, so every runner gets its own sandbox, and env_config carries the
+sandbox's options. Needs ray[rllib] and torch. Not in the test suite: `nox -s rllib` runs it.
 """
 
 from ray.rllib.algorithms.ppo import PPOConfig
@@ -18,7 +19,7 @@ register_env("sandboxed-cartpole", make_sandboxed_cartpole)
 
 config = (
     PPOConfig()
-    .environment("sandboxed-cartpole", env_config={"packages": ["gymnasium==1.2.2"]})
+    .environment("sandboxed-cartpole", env_config={"call_timeout": 60.0})
     .env_runners(num_env_runners=1)
     .training(train_batch_size_per_learner=512, minibatch_size=128, num_epochs=1)
 )
