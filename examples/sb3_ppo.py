@@ -11,7 +11,7 @@ from rlmesh.sb3 import SandboxVecEnv
 env = SandboxVecEnv("CartPole-v1", num_envs=4, num_workers=2)
 try:
     model = PPO("MlpPolicy", env, n_steps=128, batch_size=64, seed=0)
-    model.learn(total_timesteps=2_048)
+    model.learn(total_timesteps=1_024)
     mean, std = evaluate_policy(model, env, n_eval_episodes=4)
     print(f"PPO trained {model.num_timesteps} steps on {env.num_envs} sandboxed envs; "
           f"mean return {mean:.1f}")

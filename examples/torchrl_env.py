@@ -18,6 +18,6 @@ print(f"single env: rollout of {rollout.batch_size[0]} steps, "
 env.close()
 
 envs = GymWrapper(SandboxVectorEnv("CartPole-v1", num_envs=4, autoreset_mode="SameStep"))
-rollout = envs.rollout(max_steps=20)
+rollout = envs.rollout(max_steps=20, break_when_any_done=False)  # sub-envs reset themselves
 print(f"vector env: rollout batch {tuple(rollout.batch_size)}")
 envs.close()

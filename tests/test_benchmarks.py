@@ -94,7 +94,7 @@ def test_plots_writes_the_three_plots_and_results_whose_text_matches_its_tables(
     """The report's run at tiny sizes, into a temporary directory (not docs/performance)."""
     run_benchmark(
         "plots.py", "--out", str(tmp_path), "--steps", "40", "--rounds", "1",
-        "--placement", "none", "--num-envs", "1,2", "--vector-steps", "10",
+        "--placement", "none", "--num-envs", "2", "--vector-steps", "10",
         "--vector-rounds", "1", "--gym-seconds", "0.1", "--start-rounds", "1", "--builds", "1",
         "--pip-rounds", "1",
     )  # fmt: skip

@@ -99,7 +99,7 @@ def test_asyncio_agents_example() -> None:
 @needs("stable_baselines3")
 def test_sb3_ppo_example() -> None:
     out = run("sb3_ppo.py")
-    assert "PPO trained 2048 steps on 4 sandboxed envs" in out
+    assert "PPO trained 1024 steps on 4 sandboxed envs" in out
 
 
 @needs("torchrl")
