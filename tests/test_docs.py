@@ -252,3 +252,21 @@ def test_the_shell_blocks_name_real_commands_flags_and_sessions() -> None:
             flags = {arg for arg in argv[argv.index("--") + 1 :] if arg.startswith("--")}
             assert flags <= plots_flags, (page, command)
     assert checked >= 8
+
+
+def test_the_api_reference_documents_every_public_name() -> None:
+    import ast
+
+    text = (DOCS / "api.md").read_text()
+    missing = []
+    for module, path in [("rlmesh", "__init__.py"), ("rlmesh.numpy", "numpy.py"),
+                         ("rlmesh.testing", "testing.py"), ("rlmesh.sb3", "sb3.py")]:  # fmt: skip
+        tree = ast.parse((ROOT / "rlmesh" / path).read_text())
+        [names] = [
+            ast.literal_eval(node.value)
+            for node in tree.body
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "__all__"
+        ]
+        missing += [f"{module}.{n}" for n in names if n != "__version__" and
+                    f"::: {module}.{n}\n" not in text]  # fmt: skip
+    assert not missing, f"public names without an entry in docs/api.md: {missing}"
