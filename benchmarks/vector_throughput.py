@@ -45,26 +45,32 @@ def steps_per_second(env: Any, steps: int, rng: np.random.Generator) -> float:
     return steps * env.num_envs / (time.perf_counter() - start)
 
 
-def subjects(env_id: str, options: dict[str, Any]) -> dict[str, Any]:
-    return {
+def subjects(env_id: str, options: dict[str, Any], num_envs: int = NUM_ENVS) -> dict[str, Any]:
+    """The vector envs compared, by name (two workers only when there are two sub-envs)."""
+    made = {
         "Gymnasium SyncVectorEnv, in-process": gym.make_vec(
-            env_id, num_envs=NUM_ENVS, vectorization_mode="sync"
+            env_id, num_envs=num_envs, vectorization_mode="sync"
         ),
         "Gymnasium AsyncVectorEnv, shared memory": gym.make_vec(
             env_id,
-            num_envs=NUM_ENVS,
+            num_envs=num_envs,
             vectorization_mode="async",
             vector_kwargs={"shared_memory": True},
         ),
-        "SandboxVectorEnv, 1 worker": SandboxVectorEnv(env_id, num_envs=NUM_ENVS, **options),
-        "SandboxVectorEnv, 2 workers": SandboxVectorEnv(
-            env_id, num_envs=NUM_ENVS, num_workers=2, **options
-        ),
+        "SandboxVectorEnv, 1 worker": SandboxVectorEnv(env_id, num_envs=num_envs, **options),
     }
+    if num_envs >= 2:
+        made["SandboxVectorEnv, 2 workers"] = SandboxVectorEnv(
+            env_id, num_envs=num_envs, num_workers=2, **options
+        )
+    return made
 
 
-def run(env_id: str, options: dict[str, Any], steps: int, rounds: int) -> dict[str, float]:
-    envs = subjects(env_id, options)
+def run(
+    env_id: str, options: dict[str, Any], steps: int, rounds: int, num_envs: int = NUM_ENVS
+) -> dict[str, float]:
+    """Median env-steps per second of each subject, in alternating rounds."""
+    envs = subjects(env_id, options, num_envs)
     rng = np.random.default_rng(0)
     try:
         for env in envs.values():

@@ -6,6 +6,8 @@ baseline     ``<venv python> -c "import gymnasium; gymnasium.make('CartPole-v1')
              with that same venv's interpreter, measured in alternating rounds with the above
 first build  a fresh rlmesh cache (uv's own cache warm): the venv build, and the whole first
              create-to-reset
+by hand      what a first build replaces: ``python -m venv`` and ``pip install`` of the same
+             packages (pip's own cache warm after the first round)
 
 Run: ``python benchmarks/warm_start.py [--rounds N] [--builds N]``. Prints a Markdown table
 (seconds).
@@ -17,6 +19,7 @@ import argparse
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -27,6 +30,8 @@ from rlmesh._core.spec import make_spec
 from rlmesh.numpy import AsyncSandboxEnv, SandboxEnv
 
 PACKAGES = ["gymnasium==1.3.0"]
+# What a sandbox venv holds besides PACKAGES (the worker's requirements), for the by-hand build.
+BY_HAND = [*PACKAGES, "cloudpickle", "msgpack"]
 BASELINE = "import gymnasium; gymnasium.make('CartPole-v1').reset(seed=0)"
 
 
@@ -79,10 +84,28 @@ def first_build(rounds: int) -> tuple[float, float]:
     return statistics.median(builds), statistics.median(creates)
 
 
+def venv_and_pip(rounds: int) -> float:
+    """Median seconds of ``python -m venv`` plus ``pip install`` of what a sandbox holds."""
+    times = []
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as root:
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "venv", root], check=True)
+            subprocess.run(
+                [f"{root}/bin/python", "-m", "pip", "install", "-q",
+                 "--disable-pip-version-check", *BY_HAND],
+                check=True,
+            )  # fmt: skip
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--builds", type=int, default=3, help="first builds timed (median)")
+    parser.add_argument("--pip-rounds", type=int, default=0,
+                        help="also time python -m venv + pip install (median of N; 0: skip)")
     args = parser.parse_args()
     os.environ.setdefault("RLMESH_SANDBOX_ECHO", "0")
     with SandboxEnv("CartPole-v1", packages=PACKAGES) as env:  # make sure the venv is cached
@@ -104,6 +127,9 @@ def main() -> None:
               f"**{med[face] / med['baseline']:.2f}x** | <= 1.3x |")  # fmt: skip
     print(f"| first build of the venv (uv cache warm) | {build:.3f} | | < 3 s |")
     print(f"| first create to first reset, build included | {create:.3f} | | |")
+    if args.pip_rounds:
+        by_hand = venv_and_pip(args.pip_rounds)
+        print(f"| by hand: python -m venv + pip install (pip cache warm) | {by_hand:.3f} | | |")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ def test_every_benchmark_is_run_here() -> None:
         "host_instructions.py",
         "containers.py",
         "ray_overhead.py",
+        "plots.py",
     }
     assert {path.name for path in BENCHMARKS.glob("*.py")} == tested
 
@@ -111,3 +112,26 @@ def test_ray_overhead_prints_relay_against_echo_and_tcp_against_the_pipe() -> No
         (row,) = [line for line in out.splitlines() if what in line]
         assert RATIO.search(row), row
     assert "ray.init (a local cluster)" in out and "first start on Ray" in out
+
+
+def test_plots_writes_the_three_plots_and_results_whose_text_matches_its_tables(
+    tmp_path: Path,
+) -> None:
+    """The report's run at tiny sizes, into a temporary directory (not docs/performance)."""
+    run_benchmark(
+        "plots.py", "--out", str(tmp_path), "--steps", "40", "--rounds", "1",
+        "--placement", "none", "--num-envs", "2", "--vector-steps", "10",
+        "--vector-rounds", "1", "--gym-seconds", "0.1", "--start-rounds", "1", "--builds", "1",
+        "--pip-rounds", "1",
+    )  # fmt: skip
+    for name in ("step_latency.png", "vector_throughput.png", "startup.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG"), name
+    text = (tmp_path / "results.md").read_text()
+    page = (BENCHMARKS.parent / "docs" / "performance.md").read_text()
+    sections = re.findall(r"results\.md:([a-z-]+)", page)
+    assert len(sections) >= 7, sections
+    for section in sections:
+        assert f"[start:{section}]" in text and f"[end:{section}]" in text, section
+    [row] = [line for line in text.splitlines() if line.startswith("| none | SandboxEnv")]
+    ratio = re.search(r"\*\*(\d+\.\d\dx)\*\*", row)
+    assert ratio and f"SandboxEnv {row.split('|')[6].strip()} us ({ratio.group(1)}" in text, row
