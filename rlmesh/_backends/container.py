@@ -25,6 +25,7 @@ dies. Containers carry owner labels; ``engine.reap`` removes those of dead hosts
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 import sys
@@ -80,11 +81,21 @@ class ContainerProcess(ChildProcess):
     """A worker in a container: the engine's CLI process (the pid named in errors) and the
     container, which ``kill`` removes through the engine."""
 
-    engine: Engine
-    container: str
-    image: str
-    memory_limit: int | None
-    held: int  # the docker guard's watched pipe (-1 for podman)
+    def __init__(
+        self,
+        *args: Any,
+        engine: Engine,
+        container: str,
+        image: str,
+        memory_limit: int | None,
+        held: int,
+        **kwargs: Any,
+    ) -> None:
+        """``ChildProcess``'s arguments, and the container's: ``held`` is the write end of the
+        docker guard's watched pipe (-1 for podman)."""
+        super().__init__(*args, **kwargs)
+        self.engine, self.container, self.image = engine, container, image
+        self.memory_limit, self.held = memory_limit, held
 
     def peer_fd_path(self, fd: int) -> str | None:
         return None  # the worker's fds are in the container: frames go by pipe only
@@ -299,12 +310,9 @@ class ContainerBackend:
             watched = -1
             command = engine.command(*argv)
 
-        def make(*args: Any, **kwargs: Any) -> ContainerProcess:
-            process = ContainerProcess(*args, **kwargs)
-            process.engine, process.container, process.image = engine, name, options.base_image
-            process.memory_limit, process.held = options.max_memory, held
-            return process
-
+        make = functools.partial(ContainerProcess, engine=engine, container=name,
+                                 image=options.base_image, memory_limit=options.max_memory,
+                                 held=held)  # fmt: skip
         try:  # the CLI inherits the environment's in-use lock: no prune removes it meanwhile
             child = await anyio.to_thread.run_sync(
                 lambda: spawn(
