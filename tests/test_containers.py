@@ -52,6 +52,20 @@ def _missing(engine: str) -> str | None:
     return None if found.returncode == 0 else f"the image {IMAGE} is missing"
 
 
+def require_podman_image(image: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Select podman as the engine for ``image``; without either, fail where CI requires
+    them, else skip saying how to set them up."""
+    why = _missing("podman")
+    if why is None and subprocess.run(["podman", "image", "exists", image]).returncode:
+        why = f"the image {image} is missing"
+    if why:
+        message = f"{why}: run .ci/containers (as root) to set up the container tests"
+        if REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
+    monkeypatch.setenv(engines.ENGINE_ENV, "podman")
+
+
 @pytest.fixture(scope="session", params=["podman", "docker"])
 def engine(request: pytest.FixtureRequest) -> str:
     """The engine a test runs under (``RLMESH_CONTAINER_ENGINE``), set up or skipped."""

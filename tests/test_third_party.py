@@ -12,8 +12,6 @@ that has EGL and Mesa renders, one that lacks them fails with the hint to fix it
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
 import warnings
 from importlib.metadata import version
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+from test_containers import require_podman_image
 
 from rlmesh import RemoteEnvError
 from rlmesh.numpy import OpaqueSpace, SandboxEnv, SandboxVectorEnv
@@ -148,20 +147,10 @@ def test_atari_wrappers_run_in_the_sandbox_and_only_the_stack_crosses() -> None:
 # -- MuJoCo rendering: the system the sandbox runs on decides -------------------------------
 
 
-def _image(name: str) -> None:
-    found = subprocess.run(["podman", "image", "exists", name], capture_output=True)
-    if found.returncode:
-        message = f"the image {name} is missing: run .ci/containers (as root)"
-        if os.environ.get("RLMESH_REQUIRE_CONTAINERS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 def test_mujoco_renders_in_a_container_whose_image_has_egl(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _image(GL_IMAGE)
-    monkeypatch.setenv("RLMESH_CONTAINER_ENGINE", "podman")
+    require_podman_image(GL_IMAGE, monkeypatch)
     with SandboxEnv("HalfCheetah-v5", render_mode="rgb_array", packages=MUJOCO,
                     base_image=GL_IMAGE, env={"MUJOCO_GL": "egl"}) as env:  # fmt: skip
         env.reset(seed=0)
@@ -173,8 +162,7 @@ def test_mujoco_renders_in_a_container_whose_image_has_egl(
 def test_mujoco_rendering_without_a_gl_stack_fails_with_the_fix(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _image(PLAIN_IMAGE)
-    monkeypatch.setenv("RLMESH_CONTAINER_ENGINE", "podman")
+    require_podman_image(PLAIN_IMAGE, monkeypatch)
     with SandboxEnv("HalfCheetah-v5", render_mode="rgb_array", packages=MUJOCO,
                     base_image=PLAIN_IMAGE) as env:  # fmt: skip
         env.reset(seed=0)
