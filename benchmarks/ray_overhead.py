@@ -8,6 +8,8 @@ tcp step     the same step with RayBackend(data_plane="tcp"): a token-authentica
              the host actor, which pumps bytes to the child's pipes
 local step   the same step on the local backend (the child's pipes straight from the driver)
 
+Each subject is timed per round trip: a step, or the reset that ends an episode (actions
+alternate, so episodes are long and resets rare, but each counts), against one echo call.
 The goals of issue 15: relay step <= 1.2x Ray echo, tcp step <= 2x local step. Subjects are
 measured in alternating rounds (median of ``--rounds``), so drift hits them all alike; it
 also reports how long Ray takes to start and a first sandbox to start on it.
@@ -40,24 +42,40 @@ class Echo:
         return data
 
 
-def per_step(step: Callable[[], Any], steps: int) -> float:
-    """Microseconds per call, after a short warm-up."""
+def per_call(step: Callable[[], int], steps: int) -> float:
+    """Microseconds per round trip, after a short warm-up; ``step`` returns how many it made."""
     for _ in range(min(steps, 20)):
         step()
+    calls = 0
     begun = time.perf_counter()
     for _ in range(steps):
-        step()
-    return (time.perf_counter() - begun) / steps * 1e6
+        calls += step()
+    return (time.perf_counter() - begun) / calls * 1e6
 
 
-def stepper(env: SandboxEnv) -> Callable[[], Any]:
+def stepper(env: SandboxEnv) -> Callable[[], int]:
+    """One step (alternating actions keep episodes long), and the reset that ends an
+    episode: each is one round trip to the sandbox, so both are counted."""
     env.reset(seed=0)
+    action = [0]
 
-    def step() -> None:
-        if env.step(0)[2]:
+    def step() -> int:
+        action[0] ^= 1
+        _, _, terminated, truncated, _ = env.step(action[0])
+        if terminated or truncated:
             env.reset()
+            return 2
+        return 1
 
     return step
+
+
+def echo(actor: Any, frame: bytes) -> Callable[[], int]:
+    def call() -> int:
+        ray.get(actor.echo.remote(frame))
+        return 1
+
+    return call
 
 
 def main() -> None:
@@ -85,7 +103,7 @@ def main() -> None:
     payload = P.RequestEncoder().encode([P.STEP, 0])
     frame = P.frame_header(len(payload)) + payload
     subjects: dict[str, Callable[[], Any]] = {
-        "Ray echo": lambda: ray.get(echo_actor.echo.remote(frame)),
+        "Ray echo": echo(echo_actor, frame),
         "relay step": stepper(relay),
         "local step": stepper(local),
         "tcp step": stepper(tcp),
@@ -93,7 +111,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in subjects}
     for _ in range(args.rounds):
         for name, step in subjects.items():
-            times[name].append(per_step(step, args.steps))
+            times[name].append(per_call(step, args.steps))
     us = {name: statistics.median(values) for name, values in times.items()}
     for env in (local, relay, tcp):
         env.close()
@@ -104,7 +122,7 @@ def main() -> None:
     size = f"{args.steps} steps x {args.rounds} rounds, median"
     print(f"# Ray backend overhead ({platform.machine()}, {os.cpu_count()} CPUs, "
           f"ray {ray.__version__}, {size})\n")  # fmt: skip
-    print("| Subject | us per step | ratio | goal |")
+    print("| Subject | us per round trip | ratio | goal |")
     print("|---|---|---|---|")
     print(f"| Ray echo round trip | {us['Ray echo']:.0f} | 1.00x | |")
     print(f"| relay step (data_plane='ray') | {us['relay step']:.0f} | "

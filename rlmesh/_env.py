@@ -17,7 +17,7 @@ import anyio
 import gymnasium as gym
 from gymnasium import spaces
 
-from ._core.channels import AsyncChannel, BlockingChannel
+from ._core.channels import AsyncChannel, async_channel, blocking_channel
 from ._core.face import AsyncFace, SingleFace, public_face
 from ._core.lifecycle import State, reraise
 from ._core.portal import portal_call
@@ -63,7 +63,7 @@ class SandboxEnv(SingleFace, gym.Env[Any, Any]):
         core = self._core
         core.install(self, sandbox)
         self._life = core.life
-        self._channel = BlockingChannel(sandbox.child, sandbox.reader)
+        self._channel = blocking_channel(sandbox.child, sandbox.reader)
         self._request = self._channel.request_frame
         self._step_frames = core.step_frames
         self._timeout = core.timeouts.call
@@ -238,7 +238,7 @@ class AsyncSandboxEnv(SingleFace, AsyncFace):
 
     def _install(self, sandbox: Any) -> None:
         self._core.install(self, sandbox)
-        self._channel = AsyncChannel(sandbox.child, sandbox.reader)
+        self._channel = async_channel(sandbox.child, sandbox.reader)
 
     async def _restart(self) -> None:
         """Replace a broken sandbox with a fresh one (``auto_restart``)."""

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import anyio
 import gymnasium as gym
 
-from ._core.channels import AsyncChannel, BlockingChannel
+from ._core.channels import AsyncChannel, async_channel, blocking_channel
 from ._core.face import AsyncFace, VectorFace, public_face
 from ._core.lifecycle import State, reraise
 from ._core.portal import portal_call
@@ -61,7 +61,7 @@ class SandboxVectorEnv(VectorFace, gym.vector.VectorEnv[Any, Any, Any]):
         core = self._core = VectorCore(spec_from_arguments(source, options, vector=True), "")
         sandboxes = portal_call(start_vector_sandboxes, core.spec, core.workers, undo=discard_all)
         core.install(self, sandboxes)
-        self._channels = [BlockingChannel(s.child, s.reader) for s in core.sandboxes]
+        self._channels = [blocking_channel(s.child, s.reader) for s in core.sandboxes]
         self._timeout = core.timeouts.call
         self.num_envs = core.num_envs
         self.single_observation_space = core.single_observation_space
@@ -142,7 +142,7 @@ class SandboxVectorEnv(VectorFace, gym.vector.VectorEnv[Any, Any, Any]):
             vector, label = core.workers[index]
             sandbox = portal_call(start_sandbox, core.spec, vector, label, undo=discard)
             core.replace(self, index, sandbox)
-            self._channels[index] = BlockingChannel(sandbox.child, sandbox.reader)
+            self._channels[index] = blocking_channel(sandbox.child, sandbox.reader)
         core.restarted(indices)
         self._setup_shm()
 
@@ -261,7 +261,7 @@ class AsyncSandboxVectorEnv(VectorFace, AsyncFace):
         core = self._core
         self._life.check_startable()
         core.install(self, await start_vector_sandboxes(core.spec, core.workers))
-        self._channels = [AsyncChannel(s.child, s.reader) for s in core.sandboxes]
+        self._channels = [async_channel(s.child, s.reader) for s in core.sandboxes]
         self._env_spec = host_env_spec(core.sandboxes[0])
         try:
             await self._setup_shm()
@@ -338,7 +338,7 @@ class AsyncSandboxVectorEnv(VectorFace, AsyncFace):
             vector, label = core.workers[index]
             sandbox = await start_sandbox(core.spec, vector, label)
             core.replace(self, index, sandbox)
-            self._channels[index] = AsyncChannel(sandbox.child, sandbox.reader)
+            self._channels[index] = async_channel(sandbox.child, sandbox.reader)
         core.restarted(indices)
         await self._setup_shm()
 

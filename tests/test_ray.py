@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +31,13 @@ from gymnasium.vector import AutoresetMode
 from processes import wait_gone
 from sandbox_options import TEST_ENVS
 
-from rlmesh import ProtocolError, SandboxCrashedError, SandboxStartupError, SandboxTimeoutError
+from rlmesh import (
+    ProtocolError,
+    SandboxClosedError,
+    SandboxCrashedError,
+    SandboxStartupError,
+    SandboxTimeoutError,
+)
 from rlmesh.numpy import (
     AsyncSandboxEnv,
     AsyncSandboxVectorEnv,
@@ -339,11 +346,85 @@ def test_call_timeout_stops_a_stuck_sandbox(no_leftovers: None) -> None:
     with SandboxEnv(FAULTY, mode="sleep", backend=ONE_PER_HOST, call_timeout=1.0,
                     **TEST_ENVS) as env:  # fmt: skip
         env.reset()
+        remote_pid = env._core.sandbox.child.remote_pid
         begun = time.monotonic()
-        with pytest.raises(SandboxTimeoutError):
+        with pytest.raises(SandboxTimeoutError) as caught:
             env.step(0)
         assert time.monotonic() - begun < 5
         assert env.state is State.BROKEN
+        assert f", pid {remote_pid}) did not answer step() within 1 s" in str(caught.value)
+        assert "on Ray node " in str(caught.value) and "pid None" not in str(caught.value)
+        assert wait_gone(remote_pid, 10.0), "the timed-out child was not killed"
+
+
+PLANES = ["ray", "tcp"]
+
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_close_from_another_thread_ends_a_step_in_flight(no_leftovers: None, plane: str) -> None:
+    backend = RayBackend(resources=HOST, data_plane=plane)
+    env = SandboxEnv(FAULTY, mode="sleep", factor=600, backend=backend, **TEST_ENVS)
+    env.reset()
+    remote_pid = env._core.sandbox.child.remote_pid
+    errors: list[BaseException] = []
+
+    def stepper() -> None:
+        try:
+            env.step(0)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=stepper)
+    thread.start()
+    started = time.monotonic()
+    env.close()
+    thread.join(15)
+    assert not thread.is_alive() and time.monotonic() - started < 15
+    assert len(errors) == 1 and isinstance(errors[0], SandboxClosedError), errors
+    assert wait_gone(remote_pid, 10.0)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("plane", PLANES)
+async def test_aclose_from_another_task_ends_a_step_in_flight(
+    no_leftovers: None, plane: str
+) -> None:
+    backend = RayBackend(resources=HOST, data_plane=plane)
+    env = await AsyncSandboxEnv.create(FAULTY, mode="sleep", factor=600, backend=backend,
+                                       **TEST_ENVS)  # fmt: skip
+    await env.reset()
+    seen: list[BaseException] = []
+
+    async def stepper() -> None:
+        try:
+            await env.step(0)
+        except SandboxClosedError as exc:
+            seen.append(exc)
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as group:
+            group.start_soon(stepper)
+            await anyio.wait_all_tasks_blocked()
+            await env.aclose()
+    assert len(seen) == 1 and "in flight" in str(seen[0])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("plane", PLANES)
+async def test_a_cancelled_step_leaves_the_stream_in_step(no_leftovers: None, plane: str) -> None:
+    """The reply to a cancelled call is drained before the next call's: on the ray plane it
+    is queued on the link (the abandoned wait took nothing), on tcp it waits in the socket."""
+    backend = RayBackend(resources=HOST, data_plane=plane)
+    async with AsyncSandboxEnv(FAULTY, mode="sleep", factor=0.5, backend=backend,
+                               **TEST_ENVS) as env:  # fmt: skip
+        await env.reset()
+        *_, first = await env.step(0)
+        with anyio.move_on_after(0.05):
+            await env.step(0)  # cancelled while the env sleeps
+        *_, info = await env.step(0)  # the stale reply was drained first
+        assert info["t"] == first["t"] + 2
+        obs, info = await env.reset(options={"after": "cancel"})
+        assert info == {"options": {"after": "cancel"}}
 
 
 def test_oversubscription_is_a_teaching_error_after_the_timeout(no_leftovers: None) -> None:
@@ -365,7 +446,7 @@ def test_close_leaves_no_process_and_no_actor(no_leftovers: None) -> None:
     assert wait_until(cpus_free, 15.0)
 
 
-@pytest.mark.parametrize("plane", ["ray", "tcp"])
+@pytest.mark.parametrize("plane", PLANES)
 def test_an_env_dropped_unclosed_leaves_nothing(no_leftovers: None, plane: str) -> None:
     import gc
 
@@ -377,7 +458,7 @@ def test_an_env_dropped_unclosed_leaves_nothing(no_leftovers: None, plane: str) 
     assert wait_gone(remote_pid, 10.0), "the sandbox outlived its garbage-collected env"
 
 
-@pytest.mark.parametrize("plane", ["ray", "tcp"])
+@pytest.mark.parametrize("plane", PLANES)
 def test_a_driver_that_exits_without_closing_leaves_nothing(ray_session: Any, plane: str) -> None:
     address = ray.get_runtime_context().gcs_address
     code = textwrap.dedent(f"""

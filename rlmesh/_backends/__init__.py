@@ -14,9 +14,9 @@ Every backend starts the same worker (``rlmesh._worker``) with the same child-si
 from __future__ import annotations
 
 from .._config import Options
-from .base import Backend, WorkerHandle
+from .base import Backend, FrameLink, WorkerHandle
 
-__all__ = ["Backend", "WorkerHandle", "backend_for"]
+__all__ = ["Backend", "FrameLink", "WorkerHandle", "backend_for"]
 
 
 def backend_for(options: Options) -> Backend:

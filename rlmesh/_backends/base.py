@@ -2,9 +2,10 @@
 is what the core holds of it.
 
 The core (startup, channels, faces) knows a worker only through ``WorkerHandle``: two byte
-streams (``to_child`` / ``from_child`` fds, the same fd for a socket), a label, a pid where
-the host can see one, the tail of the worker's output, and how to end it. How the worker is
-built and started, and how it is killed (a process group, a container), is the backend's.
+streams (``to_child`` / ``from_child`` fds, the same fd for a socket) or, for a worker
+reached by calls rather than fds, a ``FrameLink``; a label, a pid where the host can see
+one, the tail of the worker's output, and how to end it. How the worker is built and
+started, and how it is killed (a process group, a container), is the backend's.
 """
 
 from __future__ import annotations
@@ -15,11 +16,40 @@ from typing import Any, Protocol
 from .._config import Options, Resolved
 from .._errors import SandboxCrashedError
 
-__all__ = ["Backend", "WorkerHandle"]
+__all__ = ["Backend", "FrameLink", "WorkerHandle"]
+
+
+class FrameLink(Protocol):
+    """A worker reached by calls instead of fds (Ray's actor calls): whole frames each way.
+
+    One request frame goes out per ``post`` and one reply comes back for it, in order; the
+    first ``post`` of ``b""`` brings the greeting (``MAGIC`` and the HELLO frame). The
+    channels wait with ``wait`` (bounded, safe to abandon: it consumes nothing) and take the
+    reply with ``take``, so a cancelled wait never loses a reply.
+    """
+
+    def post(self, frame: bytes) -> None:
+        """Send one whole request frame (header included); returns at once."""
+        ...
+
+    def wait(self, timeout: float | None) -> bool:
+        """Whether the oldest posted request's reply is in, waiting up to ``timeout`` s
+        (``None``: until it is, or the worker is being stopped)."""
+        ...
+
+    def take(self) -> tuple[bytes, bool]:
+        """The oldest reply, once ``wait`` said so: its bytes (a whole frame, or what the
+        worker wrote before it hung up) and whether the worker is still there."""
+        ...
 
 
 class WorkerHandle(Protocol):
     """A started worker, as the core uses it."""
+
+    @property
+    def link(self) -> FrameLink | None:
+        """The worker's frame link, or ``None``: then the core reads and writes the fds."""
+        ...
 
     @property
     def label(self) -> str:
@@ -48,6 +78,10 @@ class WorkerHandle(Protocol):
     def details(self) -> Mapping[str, Any]:
         """What the backend tells of this sandbox: ``backend``, ``venv_key``, ``packages``
         (installed name -> version)."""
+        ...
+
+    def whom(self) -> str:
+        """How messages name the worker: ``pid 123``, or where it runs (a container, a node)."""
         ...
 
     def output_tail(self) -> str:

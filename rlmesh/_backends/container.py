@@ -141,7 +141,7 @@ class ContainerProcess(ChildProcess):
         if not self._inherited():
             self._release()
 
-    def _whom(self) -> str:
+    def whom(self) -> str:
         return f"container {self.container} of {self.image}, {self.engine.name} pid {self.pid}"
 
     def _why(self, code: int | None) -> str:

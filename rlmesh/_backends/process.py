@@ -120,6 +120,8 @@ class ChildProcess:
         from_child: The fd the host reads replies from.
     """
 
+    link = None  # the core reads and writes the fds
+
     def __init__(
         self,
         popen: subprocess.Popen[bytes],
@@ -177,8 +179,8 @@ class ChildProcess:
         """``/proc/<pid>/fd/<fd>``, or ``None`` where that pid is not the worker's (bwrap)."""
         return None if self._private_pids else f"/proc/{self.pid}/fd/{int(fd)}"
 
-    def _whom(self) -> str:
-        """How a crash report names the worker."""
+    def whom(self) -> str:
+        """How messages name the worker."""
         return f"pid {self.pid}"
 
     def _why(self, code: int | None) -> str:
@@ -207,8 +209,7 @@ class ChildProcess:
             code = None
         self._pump.join(self.timeouts.output_wait)
         return SandboxCrashedError(
-            f"the sandbox for {self.label!r} ({self._whom()}) died during {what}: "
-            f"{self._why(code)}",
+            f"the sandbox for {self.label!r} ({self.whom()}) died during {what}: {self._why(code)}",
             source=self.label,
             pid=self.pid,
             exit_code=code,

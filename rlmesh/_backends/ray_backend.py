@@ -6,24 +6,25 @@ one actor holds up to ``envs_per_host`` sandboxes, and a new one is created when
 full; an actor whose last sandbox stops is killed, so nothing is left after close. Host
 actors are owned by the driver, so Ray ends them (and they their children) if it exits.
 
-How frames travel (``data_plane="ray"``): the core gets one end of a local
-``socket.socketpair()`` as its ``to_child``/``from_child`` fd. A relay thread reads whole
-frames from the other end, sends each as ``bytes`` in one actor call (``Host.exchange``),
-and writes the reply frame it returns back into the socket. The driver never decodes in the
-relay, and Ray carries only ``bytes`` (frames, and reports made by rlmesh's codec), so the
-driver never unpickles anything a sandbox wrote. A vector worker's batch is one frame, so one
-call. With ``data_plane="tcp"`` there is no relay: the host actor listens on its node for one
-connection that proves itself with a 32-byte token it handed the driver through Ray, and
-starts the child on that socket; the core reads and writes it directly, to the child.
+How frames travel (``data_plane="ray"``): the handle is a ``FrameLink``; the core's channel
+posts each whole request frame as ``bytes`` in one actor call (``Host.exchange``) and waits
+for the reply frame it returns, in the caller's own thread (no relay thread, no socket on
+the driver). The driver never decodes a frame outside the core's safe reader, and Ray
+carries only ``bytes`` (frames, and reports made by rlmesh's codec), so the driver never
+unpickles anything a sandbox wrote. A vector worker's batch is one frame, so one call. With
+``data_plane="tcp"`` there is no link: the host actor listens on its node for one connection
+that proves itself with a 32-byte token it handed the driver through Ray, and starts the
+child on that socket; the core reads and writes it directly, to the child.
 
 Every wait is bounded: placing a host actor by ``placement_timeout`` (then a teaching error
 that names the resources asked for and what the cluster has free), a start by the caller's
-startup deadline, a stop and a crash report by the handle's ``Timeouts``. The relay waits on
-a call in slices, so closing the env ends it at once even with ``call_timeout=None``.
+startup deadline, a stop and a crash report by the handle's ``Timeouts``. A link waits on a
+call in slices, so closing the env ends a wait within one even with ``call_timeout=None``.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import math
@@ -50,7 +51,7 @@ __all__ = ["DATA_PLANES", "PLACEMENTS", "RayBackend", "RayWorker"]
 
 DATA_PLANES = ("ray", "tcp")
 PLACEMENTS = ("pack", "spread")
-SLICE = 0.5  # seconds: the relay's wait on a call, between looks at whether it should stop
+SLICE = 0.5  # seconds: a link's wait on a call, between looks at whether it should stop
 REPORT_WAIT = 5.0  # seconds on top of the child's own bound, for a host's report to arrive
 TCP_CONNECT_WAIT = 10.0  # seconds for the tcp data plane's connection
 
@@ -85,8 +86,8 @@ class RayBackend:
         max_restarts: Passed to Ray for each host actor. The sandboxes of a host that died
             are lost either way and report a crash; later ones go to a newly placed host
             (``auto_restart`` starts the lost ones there).
-        data_plane: ``"ray"`` (frames as actor calls through a relay) or ``"tcp"`` (a
-            token-authenticated socket to the host actor).
+        data_plane: ``"ray"`` (one actor call per frame; the host actor relays it to the
+            child) or ``"tcp"`` (a token-authenticated socket to the host actor).
         placement_timeout: Seconds to wait for a host actor to be placed and started; then a
             ``SandboxStartupError`` that says what the cluster lacks.
     """
@@ -380,7 +381,10 @@ def _start_error(report: dict[str, Any], label: str, where: dict[str, Any]) -> E
 class RayWorker:
     """A sandbox on a Ray host actor, as the core holds it (a ``WorkerHandle``).
 
-    The core's fd is one end of a socket pair; the relay thread owns the other end.
+    ``data_plane="ray"``: the worker is its own ``FrameLink`` (``link``): each request frame
+    is one ``Host.exchange`` call, made by the thread that waits for the reply, so a step
+    costs one actor call and no hop through another thread. ``data_plane="tcp"``: the core
+    reads and writes the socket to the child (``to_child``/``from_child``), with no link.
     """
 
     def __init__(
@@ -404,71 +408,87 @@ class RayWorker:
         self._pool = pool
         self._host = host
         self._sid = sid
-        # the core's end, and the relay's; tcp: the connection to the child, and no relay
-        self._mine, self._relay_end = (conn, conn) if conn is not None else socket.socketpair()
-        self.to_child = self.from_child = self._mine.fileno()
+        self._conn = conn  # tcp: the connection to the child
+        self.to_child = self.from_child = -1 if conn is None else conn.fileno()
+        self.link: RayWorker | None = self if conn is None else None
+        self._calls: collections.deque[Any] = collections.deque()  # exchanges posted
+        self._replies: dict[Any, bytes] = {}  # exchanges whose reply is in, not yet taken
         self._closing = threading.Event()
         self._host_error: str | None = None  # the host actor died: Ray's words
         self._code: int | None = None
         self._reported: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._stopped = False
-        self._thread = threading.Thread(target=self._relay, name=f"rlmesh-ray-relay {label}",
-                                        daemon=True)  # fmt: skip
 
     def begin(self) -> None:
-        """Start the relay (the tcp data plane has none)."""
-        if self._pool.backend.data_plane == "ray":
-            self._thread.start()
+        """Ask for the greeting (the link's first reply); the tcp data plane has no link."""
+        if self.link is not None:
+            self.post(b"")
 
     @property
     def returncode(self) -> int | None:
         return self._code
 
-    # -- the relay ---------------------------------------------------------------------------
+    # -- FrameLink ---------------------------------------------------------------------------
 
-    def _call(self, method: str, *args: Any, timeout: float | None = None) -> bytes | None:
-        """One host call; ``None`` when the env is closing (the relay) or the wait ran out."""
+    def post(self, frame: bytes) -> None:
+        ref = None
+        if self._host_error is None and not self._closing.is_set():
+            try:
+                ref = self._host.actor.exchange.remote(self._sid, frame)
+            except Exception as exc:  # Ray is gone (shut down), or the actor is
+                self._lost(exc)
+        with self._lock:
+            self._calls.append(ref)
+
+    def wait(self, timeout: float | None) -> bool:
         ray = ray_module()
-        ref = getattr(self._host.actor, method).remote(self._sid, *args)
+        with self._lock:
+            ref = self._calls[0] if self._calls else None
+            if ref is None or ref in self._replies:
+                return True  # nothing posted, or the host is lost: take() says so
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = SLICE if end is None else min(SLICE, max(end - time.monotonic(), 0))
             try:
-                return bytes(ray.get(ref, timeout=wait))
+                reply = bytes(ray.get(ref, timeout=wait))
             except ray.exceptions.GetTimeoutError:
-                if (end is None and self._closing.is_set()) or (
-                    end is not None and time.monotonic() >= end
-                ):
-                    return None
+                if self._closing.is_set():
+                    return True  # take() reports the end
+                if end is not None and time.monotonic() >= end:
+                    return False
+                continue
+            except ray.exceptions.RayError as exc:
+                self._lost(exc)
+                return True
+            with self._lock:
+                if self._calls and self._calls[0] is ref:
+                    self._replies[ref] = reply
+            return True
 
-    def _relay(self) -> None:
-        """Move frames: greeting first, then one reply per request, until either side ends."""
-        ray = ray_module()
-        sock = self._relay_end
-        try:
-            frame = b""  # the first exchange sends nothing and brings the greeting
-            while True:
-                reply = self._call("exchange", frame)
-                if reply is None:
-                    return
-                sock.sendall(memoryview(reply)[1:])
-                if reply[0] != ALIVE:
-                    return
-                got = _receive_frame(sock)
-                if got is None:
-                    return
-                frame = got
-        except ray.exceptions.RayError as exc:
-            self._host_error = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            self._host.dead = True
-        except OSError:
-            pass  # the core's end is gone
-        finally:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # the core reads end-of-file
+    def take(self) -> tuple[bytes, bool]:
+        with self._lock:
+            ref = self._calls.popleft() if self._calls else None
+            reply = self._replies.pop(ref, None) if ref is not None else None
+        if not reply:
+            return b"", False  # the host is lost, or the worker is being stopped
+        return reply[1:], reply[0] == ALIVE
+
+    def _lost(self, exc: BaseException) -> None:
+        text = str(exc).strip()
+        self._host_error = text.splitlines()[0] if text else repr(exc)
+        self._host.dead = True
 
     # -- WorkerHandle ------------------------------------------------------------------------
+
+    def _call(self, method: str, *args: Any, timeout: float) -> bytes | None:
+        """One control call to the host; ``None`` if its reply did not come in ``timeout``."""
+        ray = ray_module()
+        ref = getattr(self._host.actor, method).remote(self._sid, *args)
+        try:
+            return bytes(ray.get(ref, timeout=timeout))
+        except ray.exceptions.GetTimeoutError:
+            return None
 
     def output_tail(self) -> str:
         if self._reported is not None:
@@ -479,8 +499,11 @@ class RayWorker:
                 return str(codec.decode(data))
         return ""
 
+    def whom(self) -> str:
+        return f"on Ray node {self.details.get('node_ip')}, pid {self.remote_pid}"
+
     def crashed_error(self, what: str, *, wait: float | None = None) -> SandboxCrashedError:
-        where = f"on Ray node {self.details.get('node_ip')}, pid {self.remote_pid}"
+        where = self.whom()
         if self._host_error is not None:
             return SandboxCrashedError(
                 f"the sandbox for {self.label!r} ({where}) was lost during {what}: its Ray host "
@@ -520,16 +543,19 @@ class RayWorker:
 
     def abandon(self) -> None:
         self.kill()
-        self._closing.set()
-        with contextlib.suppress(OSError):
-            self._mine.shutdown(socket.SHUT_RDWR)
+        self._hang_up()
         self._finish(0.0, wait=False)
 
     def stop(self, grace: float | None = None) -> int | None:
-        self._closing.set()
-        with contextlib.suppress(OSError):
-            self._mine.shutdown(socket.SHUT_RDWR)  # every dup of the core's fd sees it
+        self._hang_up()
         return self._finish(grace, wait=True)
+
+    def _hang_up(self) -> None:
+        """Waits on the link end within a slice; the child sees end-of-file on tcp."""
+        self._closing.set()
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.shutdown(socket.SHUT_RDWR)  # every dup of the core's fd sees it
 
     def _finish(self, grace: float | None, *, wait: bool) -> int | None:
         with self._lock:
@@ -545,35 +571,10 @@ class RayWorker:
                     code = codec.decode(data)
                     if self._code is None and isinstance(code, int):
                         self._code = code
-            if self._thread.is_alive():
-                self._thread.join(SLICE * 2)
         else:
             with contextlib.suppress(Exception):
                 self._host.actor.stop.remote(self._sid, 0.0)
-        for end in (self._mine, self._relay_end):
-            with contextlib.suppress(OSError):
-                end.close()
+        if self._conn is not None:
+            self._conn.close()
         self._pool.release(self._host, graceful=wait)
         return self._code
-
-
-def _receive_frame(sock: socket.socket) -> bytes | None:
-    """One whole frame (header and payload) from the core; ``None`` at end-of-file."""
-    header = _receive(sock, 4)
-    if header is None:
-        return None
-    size = int.from_bytes(header, "little")
-    payload = _receive(sock, size)
-    return None if payload is None else header + payload
-
-
-def _receive(sock: socket.socket, size: int) -> bytes | None:
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    filled = 0
-    while filled < size:
-        got = sock.recv_into(view[filled:])
-        if not got:
-            return None
-        filled += got
-    return bytes(buffer)

@@ -36,7 +36,7 @@ from .._errors import ProtocolError, SandboxCrashedError, SandboxError, SandboxT
 from .._wire import protocol as P
 from .._wire.spin import Spinner
 
-__all__ = ["AsyncChannel", "BlockingChannel"]
+__all__ = ["AsyncChannel", "BlockingChannel", "async_channel", "blocking_channel"]
 
 MIN_READ = 1 << 16  # small reads stay cheap: os.read allocates the whole size up front
 MAX_READ = 1 << 20
@@ -46,9 +46,27 @@ MAX_POLL_MS = 2**31 - 1  # poll() takes a C int
 def _timeout_error(child: WorkerHandle, what: str, timeout: float) -> SandboxTimeoutError:
     child.kill()
     return SandboxTimeoutError(
-        f"the sandbox for {child.label!r} (pid {child.pid}) did not answer {what} within "
+        f"the sandbox for {child.label!r} ({child.whom()}) did not answer {what} within "
         f"{timeout:g} s; it was stopped (raise call_timeout if the env is just slow)"
     )
+
+
+def blocking_channel(child: WorkerHandle, reader: P.FrameReader) -> BlockingChannel:
+    """The sync faces' channel to ``child``: over its fds, or its frame link if it has one."""
+    if child.link is not None:
+        from .links import BlockingLinkChannel
+
+        return BlockingLinkChannel(child, reader)
+    return BlockingChannel(child, reader)
+
+
+def async_channel(child: WorkerHandle, reader: P.FrameReader) -> AsyncChannel:
+    """The async faces' channel to ``child``: over its fds, or its frame link if it has one."""
+    if child.link is not None:
+        from .links import AsyncLinkChannel
+
+        return AsyncLinkChannel(child, reader)
+    return AsyncChannel(child, reader)
 
 
 class _Base:
@@ -69,7 +87,7 @@ class _Base:
 
     def _torn_error(self, what: str) -> SandboxCrashedError:
         return SandboxCrashedError(
-            f"the sandbox for {self.child.label!r} (pid {self.child.pid}) was stopped before "
+            f"the sandbox for {self.child.label!r} ({self.child.whom()}) was stopped before "
             f"{what}: an earlier {self._torn}, which leaves the request stream out of step; "
             "start a new env (or pass auto_restart=True to let reset() do it)",
             source=self.child.label,

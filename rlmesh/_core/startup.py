@@ -32,7 +32,7 @@ from .._errors import (
 from .._version import __version__
 from .._wire import protocol as P
 from .._wire.spaces import space_from_data
-from .channels import AsyncChannel
+from .channels import async_channel
 from .spec import SandboxSpec
 
 __all__ = [
@@ -177,11 +177,11 @@ async def _handshake(
     info: SandboxInfo,
 ) -> Sandbox:
     reader = P.FrameReader()
-    channel = AsyncChannel(child, reader)
+    channel = async_channel(child, reader)
 
     def failed(message: str) -> SandboxStartupError:
         return SandboxStartupError(
-            f"the sandbox for {name!r} (pid {child.pid}) failed to start: {message}",
+            f"the sandbox for {name!r} ({child.whom()}) failed to start: {message}",
             source=spec.label,
             pid=child.pid,
             stderr_tail=child.output_tail(),
