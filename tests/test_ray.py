@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -425,6 +426,32 @@ async def test_a_cancelled_step_leaves_the_stream_in_step(no_leftovers: None, pl
         assert info["t"] == first["t"] + 2
         obs, info = await env.reset(options={"after": "cancel"})
         assert info == {"options": {"after": "cancel"}}
+
+
+def test_an_address_where_no_cluster_answers_fails_at_once() -> None:
+    """Ray itself retries an unreachable cluster for minutes; rlmesh looks first (in a
+    fresh process: this one has joined the session's cluster already)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed below: nothing listens there
+    code = textwrap.dedent(f"""
+        import time
+        from rlmesh import SandboxStartupError
+        from rlmesh.numpy import SandboxEnv
+        from rlmesh.ray import RayBackend
+        begun = time.monotonic()
+        try:
+            SandboxEnv("CartPole-v1", backend=RayBackend(address="127.0.0.1:{port}"))
+        except SandboxStartupError as exc:
+            print(round(time.monotonic() - begun, 3), exc)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    took, _, message = done.stdout.partition(" ")
+    assert f"no Ray cluster answers at '127.0.0.1:{port}'" in message
+    assert "ray start --head" in message
+    assert float(took) < 10
 
 
 def test_oversubscription_is_a_teaching_error_after_the_timeout(no_leftovers: None) -> None:

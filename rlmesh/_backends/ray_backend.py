@@ -287,11 +287,34 @@ def _actor_class() -> Any:
         return _actor_classes[0]
 
 
-def _connect(backend: RayBackend) -> Any:
+def _connect(backend: RayBackend, budget: float) -> Any:
+    """Ray, initialised: joins ``backend.address`` (after a bounded look that something
+    listens there: Ray itself retries an unreachable cluster for minutes), or starts a
+    local cluster."""
     ray = ray_module()
     if not ray.is_initialized():
+        _reachable(backend.address, min(budget, TCP_CONNECT_WAIT))
         ray.init(address=backend.address)
     return ray
+
+
+def _reachable(address: str | None, timeout: float) -> None:
+    """Raise ``SandboxStartupError`` unless ``host:port`` (or ``ray://host:port``) accepts a
+    connection within ``timeout`` s; other forms (``None``, ``"auto"``) are Ray's to find."""
+    if address is None:
+        return
+    where = address.removeprefix("ray://")
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise SandboxStartupError(
+            f"no Ray cluster answers at {address!r} ({exc}); start one there "
+            "(ray start --head), fix RayBackend(address=...), or pass address=None for a "
+            "local cluster"
+        ) from None
 
 
 # -- the worker handle -----------------------------------------------------------------------
@@ -307,7 +330,7 @@ def _start(
 ) -> RayWorker:
     """``RayBackend.start``, blocking (in a worker thread), within ``budget`` seconds."""
     begun = time.monotonic()
-    ray = _connect(backend)
+    ray = _connect(backend, budget)
     pool = _pool(backend)
     host = pool.acquire(budget)
     try:
