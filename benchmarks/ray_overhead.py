@@ -116,8 +116,11 @@ def main() -> None:
     us = {name: statistics.median(values) for name, values in times.items()}
     # each ratio is taken within a round (its subject beside its floor, seconds apart), then
     # the median over rounds: the VM's drift between rounds does not enter it
-    relay_ratio = statistics.median(r / e for r, e in zip(times["relay step"], times["Ray echo"]))
-    tcp_ratio = statistics.median(t / p for t, p in zip(times["tcp step"], times["local step"]))
+    def ratio(subject: str, floor: str) -> float:
+        pairs = zip(times[subject], times[floor], strict=True)
+        return statistics.median(s / f for s, f in pairs)
+
+    relay_ratio, tcp_ratio = ratio("relay step", "Ray echo"), ratio("tcp step", "local step")
     for env in (local, relay, tcp):
         env.close()
     ray.kill(echo_actor)

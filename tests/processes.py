@@ -1,4 +1,5 @@
-"""Helpers the process-level tests share: waiting for a process, running the CLI."""
+"""Helpers the process-level tests share: waiting for a process, running the CLI, closing
+an env while another thread steps it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import os
 import select
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 RLMESH = str(Path(sys.executable).parent / "rlmesh")
 
@@ -35,3 +39,23 @@ def rlmesh(*args: str, code: int = 0, no_traceback: bool = False) -> str:
     assert result.returncode == code, (result.stdout, result.stderr)
     assert not no_traceback or "Traceback" not in result.stderr, result.stderr
     return result.stdout + result.stderr
+
+
+def close_during_a_step(env: Any, timeout: float) -> list[BaseException]:
+    """Close ``env`` while another thread steps it (an env whose step never returns); what
+    the step raised. Asserts that both ended within ``timeout`` s."""
+    errors: list[BaseException] = []
+
+    def stepper() -> None:
+        try:
+            env.step(0)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=stepper)
+    thread.start()
+    started = time.monotonic()
+    env.close()
+    thread.join(timeout)
+    assert not thread.is_alive() and time.monotonic() - started < timeout
+    return errors

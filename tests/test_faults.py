@@ -13,14 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import anyio
 import numpy as np
 import pytest
-from processes import wait_gone
+from processes import close_during_a_step, wait_gone
 from sandbox_options import TEST_ENVS
 
 from rlmesh import (
@@ -225,20 +224,7 @@ def test_close_kills_processes_the_env_started() -> None:
 def test_close_from_another_thread_while_a_step_is_in_flight() -> None:
     env = SandboxEnv(FAULTY, mode="sleep", factor=600, **TEST_ENVS)
     env.reset()
-    errors: list[BaseException] = []
-
-    def stepper() -> None:
-        try:
-            env.step(0)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=stepper)
-    thread.start()
-    started = time.monotonic()
-    env.close()
-    thread.join(10)
-    assert not thread.is_alive() and time.monotonic() - started < 10
+    errors = close_during_a_step(env, 10.0)
     assert len(errors) == 1 and isinstance(errors[0], SandboxClosedError)
     assert wait_gone(env.pid, 1.0)
 

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import data_equivalence
 from gymnasium.vector import AutoresetMode
-from processes import wait_gone
+from processes import close_during_a_step, wait_gone
 from sandbox_options import TEST_ENVS
 
 from rlmesh import (
@@ -367,20 +366,7 @@ def test_close_from_another_thread_ends_a_step_in_flight(no_leftovers: None, pla
     env = SandboxEnv(FAULTY, mode="sleep", factor=600, backend=backend, **TEST_ENVS)
     env.reset()
     remote_pid = env._core.sandbox.child.remote_pid
-    errors: list[BaseException] = []
-
-    def stepper() -> None:
-        try:
-            env.step(0)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=stepper)
-    thread.start()
-    started = time.monotonic()
-    env.close()
-    thread.join(15)
-    assert not thread.is_alive() and time.monotonic() - started < 15
+    errors = close_during_a_step(env, 15.0)
     assert len(errors) == 1 and isinstance(errors[0], SandboxClosedError), errors
     assert wait_gone(remote_pid, 10.0)
 
