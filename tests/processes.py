@@ -59,3 +59,26 @@ def close_during_a_step(env: Any, timeout: float) -> list[BaseException]:
     thread.join(timeout)
     assert not thread.is_alive() and time.monotonic() - started < timeout
     return errors
+
+
+async def aclose_during_a_step(env: Any, timeout: float) -> list[BaseException]:
+    """``close_during_a_step`` for an async env: another task steps, this one closes once
+    every task is blocked; the ``SandboxClosedError`` the step raised, if any."""
+    import anyio
+
+    from rlmesh import SandboxClosedError
+
+    seen: list[BaseException] = []
+
+    async def stepper() -> None:
+        try:
+            await env.step(0)
+        except SandboxClosedError as exc:
+            seen.append(exc)
+
+    with anyio.fail_after(timeout):
+        async with anyio.create_task_group() as group:
+            group.start_soon(stepper)
+            await anyio.wait_all_tasks_blocked()
+            await env.aclose()
+    return seen

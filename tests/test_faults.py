@@ -19,7 +19,7 @@ from pathlib import Path
 import anyio
 import numpy as np
 import pytest
-from processes import close_during_a_step, wait_gone
+from processes import aclose_during_a_step, close_during_a_step, wait_gone
 from sandbox_options import TEST_ENVS
 
 from rlmesh import (
@@ -233,19 +233,7 @@ def test_close_from_another_thread_while_a_step_is_in_flight() -> None:
 async def test_aclose_from_another_task_while_a_step_is_in_flight() -> None:
     env = await AsyncSandboxEnv.create(FAULTY, mode="sleep", factor=600, **TEST_ENVS)
     await env.reset()
-    seen: list[BaseException] = []
-
-    async def stepper() -> None:
-        try:
-            await env.step(0)
-        except SandboxClosedError as exc:
-            seen.append(exc)
-
-    with anyio.fail_after(15):
-        async with anyio.create_task_group() as group:
-            group.start_soon(stepper)
-            await anyio.wait_all_tasks_blocked()
-            await env.aclose()
+    seen = await aclose_during_a_step(env, 15)
     assert len(seen) == 1 and "in flight" in str(seen[0])
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import data_equivalence
 from gymnasium.vector import AutoresetMode
-from processes import close_during_a_step, wait_gone
+from processes import aclose_during_a_step, close_during_a_step, wait_gone
 from sandbox_options import TEST_ENVS
 
 from rlmesh import (
@@ -377,19 +377,7 @@ async def test_aclose_from_another_task_ends_a_step_in_flight(no_leftovers: None
     env = await AsyncSandboxEnv.create(FAULTY, mode="sleep", factor=600, backend=ONE_PER_HOST,
                                        **TEST_ENVS)  # fmt: skip
     await env.reset()
-    seen: list[BaseException] = []
-
-    async def stepper() -> None:
-        try:
-            await env.step(0)
-        except SandboxClosedError as exc:
-            seen.append(exc)
-
-    with anyio.fail_after(20):
-        async with anyio.create_task_group() as group:
-            group.start_soon(stepper)
-            await anyio.wait_all_tasks_blocked()
-            await env.aclose()
+    seen = await aclose_during_a_step(env, 20)
     assert len(seen) == 1 and "in flight" in str(seen[0])
 
 
