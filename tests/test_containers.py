@@ -18,6 +18,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import gymnasium
 import numpy as np
@@ -52,6 +53,15 @@ def _missing(engine: str) -> str | None:
     return None if found.returncode == 0 else f"the image {IMAGE} is missing"
 
 
+def unavailable(why: str) -> NoReturn:
+    """Fail where CI requires the container tests (``RLMESH_REQUIRE_CONTAINERS=1``), else
+    skip; either way say how to set them up."""
+    message = f"{why}: run .ci/containers (as root) to set up the container tests"
+    if REQUIRED:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_podman_image(image: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Select podman as the engine for ``image``; without either, fail where CI requires
     them, else skip saying how to set them up."""
@@ -59,10 +69,7 @@ def require_podman_image(image: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if why is None and subprocess.run(["podman", "image", "exists", image]).returncode:
         why = f"the image {image} is missing"
     if why:
-        message = f"{why}: run .ci/containers (as root) to set up the container tests"
-        if REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(why)
     monkeypatch.setenv(engines.ENGINE_ENV, "podman")
 
 
@@ -72,10 +79,7 @@ def engine(request: pytest.FixtureRequest) -> str:
     name = str(request.param)
     why = _missing(name)
     if why:
-        message = f"{why}: run .ci/containers (as root) to set up the container tests"
-        if REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(why)
     return name
 
 
@@ -91,10 +95,7 @@ def use(engine: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 def podman(monkeypatch: pytest.MonkeyPatch) -> str:
     why = _missing("podman")
     if why:
-        message = f"{why}: run .ci/containers (as root) to set up the container tests"
-        if REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(why)
     monkeypatch.setenv(engines.ENGINE_ENV, "podman")
     return "podman"
 
