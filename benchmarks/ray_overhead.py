@@ -139,7 +139,8 @@ def main() -> None:
     print(f"| tcp step (data_plane='tcp') | {us['tcp step']:.0f} | "
           f"**{tcp_ratio:.2f}x** | <= 2x local step |")  # fmt: skip
     print()
-    print(f"ray.init (a local cluster): {ray_init:.1f} s")
+    cluster = f"joining {args.address}" if args.address else "a local cluster"
+    print(f"ray.init ({cluster}): {ray_init:.1f} s")
     print(f"first start on Ray (host actor, cached venv, child): {relay_start:.2f} s; "
           f"local start: {local_start:.2f} s")  # fmt: skip
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import hf_repos
 import pytest
+from ray_cluster import ray_session_cluster
 
 _created: list[str] = []
 _hf_commits: dict[str, str] = {}
@@ -45,6 +48,13 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     for root in _created:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[Any]:
+    """One local Ray cluster for the session (``ray_cluster``), for the ``ray`` tests."""
+    pytest.importorskip("ray")  # the nox tests session installs the ray extra
+    yield from ray_session_cluster()
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -1,5 +1,5 @@
 """The Ray backend (issue 15) on a local Ray cluster bound to loopback: one cluster per
-session (``ray_session``), fractional resources so several host actors fit on 2 cores.
+session (``ray_session``, in conftest), fractional resources so several host actors fit on 2 cores.
 
 What is checked: seeded trajectories through Ray equal the local backend's (single and
 vector, sync, asyncio and trio, the three autoreset modes, 2 hosts x 4 envs); the driver
@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +27,7 @@ import pytest
 from gymnasium.utils.env_checker import data_equivalence
 from gymnasium.vector import AutoresetMode
 from processes import aclose_during_a_step, close_during_a_step, wait_gone
+from ray_cluster import start_ray
 from sandbox_options import TEST_ENVS
 
 from rlmesh import (
@@ -56,34 +55,6 @@ FAULTY = "rlmesh_test/Faulty-v0"
 HOST = {"CPU": 0.1}
 ONE_PER_HOST = RayBackend(resources=HOST)
 STEPS = 40
-RAY_INIT = {
-    "num_cpus": 2,
-    "include_dashboard": False,
-    "_node_ip_address": "127.0.0.1",  # Ray 2.60 still listens on all interfaces (docs/ray.md)
-    "log_to_driver": False,
-}
-
-
-_RAY_TMP: list[str] = []  # the session's Ray temp dir, made when the cluster first starts
-
-
-def _start_ray() -> None:
-    if not _RAY_TMP:
-        _RAY_TMP.append(tempfile.mkdtemp(prefix="rlr-", dir="/tmp"))  # short: socket paths
-    ray.init(**RAY_INIT, _temp_dir=_RAY_TMP[0])
-
-
-@pytest.fixture(scope="session")
-def ray_session() -> Iterator[Any]:
-    """One local Ray cluster for the session (about 7 s to start here)."""
-    begun = time.monotonic()
-    _start_ray()
-    print(f"ray.init took {time.monotonic() - begun:.1f} s")
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(_RAY_TMP[0], ignore_errors=True)  # Ray's session logs and sockets
-
-
 @pytest.mark.skipif(not os.environ.get("RLMESH_TEST_CONFINED"), reason="nox confines it")
 def test_the_cluster_sees_loopback_alone(ray_session: Any) -> None:
     """Under ``nox -s tests`` these tests run in a network namespace with only ``lo``."""
@@ -499,7 +470,7 @@ def test_two_host_actors_build_a_venv_once_and_a_new_ray_session_reuses_it(
     assert keys == {key}
     assert not list(final.parent.glob(f".tmp-{key}-*"))
     ray.shutdown()  # a new Ray session, same machine and cache
-    _start_ray()
+    start_ray()
     with SandboxEnv("CartPole-v1", packages=packages, backend=ONE_PER_HOST) as env:
         assert env.sandbox.venv_key == key
     assert (final / venv._cache.MARKER).read_text() == built  # reused, not rebuilt
