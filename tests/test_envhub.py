@@ -213,20 +213,49 @@ def test_offline_with_nothing_cached_says_how_to_get_it() -> None:
         SandboxEnv(f"hf://rlmesh-test/not-cached@{SHA}", **TRUST)
 
 
+UNREACHABLE_HUB = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens
+
+
+def run_with_an_unreachable_hub(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh process, online, against an endpoint where nothing listens."""
+    env = {**os.environ, **UNREACHABLE_HUB}
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                 "all_proxy"):  # fmt: skip
+        env.pop(name, None)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=120)  # fmt: skip
+
+
 def test_a_failed_download_names_the_repo() -> None:
-    """Online mode against an endpoint where nothing listens: a real failed download."""
-    code = (
+    """A real failed download: the repo is not cached and the Hub does not answer."""
+    out = run_with_an_unreachable_hub(
         "from rlmesh.numpy import SandboxEnv\n"
         "try:\n"
         f"    SandboxEnv('hf://rlmesh-test/unreachable@{SHA}', trust_remote_code=True)\n"
         "except ValueError as exc:\n"
         "    print(exc)\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, timeout=120)  # fmt: skip
     assert "rlmesh-test/unreachable" in out.stdout, out.stderr[-2000:]
-    assert "cannot be downloaded now" in out.stdout or "downloading" in out.stdout
+    assert "cannot be downloaded now" in out.stdout
+    assert "the Hub is unreachable: http://127.0.0.1:9" in out.stdout
+    assert "Retrying in" not in out.stderr  # huggingface_hub's backoff (23 s) never began
+
+
+@pytest.mark.sandbox
+def test_a_cached_pinned_repo_starts_without_waiting_for_an_unreachable_hub(
+    hf_commits: dict[str, str],
+) -> None:
+    """huggingface_hub would retry the endpoint for about 23 s before it used its cache."""
+    commit = hf_commits["lerobot/cartpole-env"]
+    out = run_with_an_unreachable_hub(
+        "from rlmesh.numpy import SandboxEnv\n"
+        f"with SandboxEnv('hf://lerobot/cartpole-env@{commit}:cartpole_suite/0',\n"
+        "                trust_remote_code=True) as env:\n"
+        "    print(env.reset(seed=0)[0].shape, env.sandbox.resolved_source)\n"
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"(4,) hf://lerobot/cartpole-env@{commit}:cartpole_suite/0" in out.stdout
+    assert "Retrying in" not in out.stderr
 
 
 @pytest.mark.sandbox
