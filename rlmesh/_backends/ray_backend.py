@@ -1,4 +1,4 @@
-"""The Ray backend: sandboxes on Ray cluster nodes, behind the same fds the core always reads.
+"""The Ray backend: sandboxes on Ray cluster nodes, behind a frame link or a socket.
 
 ``RayBackend`` is a frozen description (picklable, comparable: it rides in ``EnvSpec.kwargs``
 and in a pickled face). Its ``start`` places a sandbox on a host actor (``ray_host.Host``):

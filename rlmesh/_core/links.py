@@ -18,7 +18,6 @@ from typing import Any
 import anyio
 
 from .._backends import FrameLink, WorkerHandle
-from .._errors import SandboxError
 from .._wire import protocol as P
 from .channels import AsyncChannel, BlockingChannel, _Base, _Gate, _in_flight, _timeout_error
 
@@ -94,8 +93,6 @@ class AsyncLinkChannel(AsyncChannel):
     async def _send(self, data: bytes, what: str) -> None:
         try:
             self._link.post(data)
-        except SandboxError:
-            raise
         except BaseException as exc:  # as a torn frame: whether it went out is unknown
             self._tear(what, exc)
             self._unanswered += 1  # routes the next request to the check in _post
