@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -54,6 +55,7 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.ray]
 FAULTY = "rlmesh_test/Faulty-v0"
 HOST = {"CPU": 0.1}
 ONE_PER_HOST = RayBackend(resources=HOST)
+PLANES = ["ray", "tcp"]
 STEPS = 40
 @pytest.mark.skipif(not os.environ.get("RLMESH_TEST_CONFINED"), reason="nox confines it")
 def test_the_cluster_sees_loopback_alone(ray_session: Any) -> None:
@@ -282,20 +284,57 @@ def test_a_crashed_child_is_the_usual_error_and_auto_restart_replaces_it(
         assert info["rlmesh_restarted"] is True and env.restarts == 1
 
 
+@pytest.mark.parametrize("plane", PLANES)
 def test_a_dead_host_actor_is_a_crash_and_auto_restart_places_a_new_one(
-    no_leftovers: None,
+    no_leftovers: None, plane: str
 ) -> None:
-    with SandboxEnv("CartPole-v1", backend=ONE_PER_HOST, auto_restart=True) as env:
+    """On tcp too: the child speaks to the driver, but ends with the host actor that reads
+    its output, and the driver's error names the host."""
+    backend = RayBackend(resources=HOST, data_plane=plane)
+    with SandboxEnv("CartPole-v1", backend=backend, auto_restart=True) as env:
         env.reset(seed=1)
         worker = env._core.sandbox.child
         remote_pid = worker.remote_pid
-        ray.kill(worker._host.actor)
+        os.kill(worker._host.where["pid"], signal.SIGKILL)  # a crash: Ray cleans nothing up
+        assert wait_gone(remote_pid, 10.0), "the child outlived its host actor"
         with pytest.raises(SandboxCrashedError, match="Ray host actor died"):
             env.step(0)
-        assert wait_gone(remote_pid, 10.0), "the child outlived its host actor"
         _, info = env.reset(seed=1)
         assert info["rlmesh_restarted"] is True
         env.step(0)
+
+
+def test_a_host_actor_that_ray_restarts_takes_new_sandboxes_and_old_ids_reach_nothing(
+    no_leftovers: None,
+) -> None:
+    """max_restarts: Ray restarts a host actor killed under two sandboxes. Each reports the
+    loss; a replacement goes to the restarted actor (no new placement), and the first
+    sandbox's id, from before the restart, does not reach the replacement's child (a new
+    incarnation's ids start at a random point: both would have been 1)."""
+    backend = RayBackend(resources=HOST, envs_per_host=2, max_restarts=1)
+    with (
+        SandboxEnv("CartPole-v1", backend=backend) as first,
+        SandboxEnv("CartPole-v1", backend=backend, auto_restart=True) as second,
+    ):
+        first.reset(seed=0)
+        second.reset(seed=0)
+        host = first._core.sandbox.child._host
+        assert second._core.sandbox.child._host is host
+        old_pid = host.where["pid"]
+        children = [env._core.sandbox.child.remote_pid for env in (first, second)]
+        os.kill(old_pid, signal.SIGKILL)
+        assert all(wait_gone(pid, 10.0) for pid in children), "a child outlived its host"
+        with pytest.raises(SandboxCrashedError, match="Ray host actor died"):
+            second.step(0)
+        _, info = second.reset(seed=0)
+        assert info["rlmesh_restarted"] is True
+        assert second._core.sandbox.child._host is host, "a new host was placed"
+        assert host.where["pid"] != old_pid and host.where["restarted"] is True
+        assert second._core.sandbox.child.details["remote_pid"] not in children
+        second.step(0)
+        with pytest.raises(SandboxCrashedError, match="Ray restarted it"):
+            first.step(0)
+        second.step(1)
 
 
 def test_auto_restart_replaces_only_the_crashed_vector_worker_on_ray(no_leftovers: None) -> None:
@@ -328,7 +367,6 @@ def test_call_timeout_stops_a_stuck_sandbox(no_leftovers: None) -> None:
         assert wait_gone(remote_pid, 10.0), "the timed-out child was not killed"
 
 
-PLANES = ["ray", "tcp"]
 
 
 @pytest.mark.parametrize("plane", PLANES)

@@ -83,9 +83,10 @@ class RayBackend:
         envs_per_host: Sandboxes one host actor holds before another is placed.
         placement: ``"pack"`` (Ray's default placement) or ``"spread"`` (host actors over
             as many nodes as possible).
-        max_restarts: Passed to Ray for each host actor. The sandboxes of a host that died
-            are lost either way and report a crash; later ones go to a newly placed host
-            (``auto_restart`` starts the lost ones there).
+        max_restarts: Passed to Ray for each host actor (``-1``: without end). The
+            sandboxes of a host that died are lost either way and report a crash. A host Ray
+            restarts takes new sandboxes again (``auto_restart`` starts the lost ones there)
+            while it still holds any; one that stays dead is replaced by a new placement.
         data_plane: ``"ray"`` (one actor call per frame; the host actor relays it to the
             child) or ``"tcp"`` (a token-authenticated socket to the host actor).
         placement_timeout: Seconds to wait for a host actor to be placed and started; then a
@@ -167,7 +168,15 @@ class _HostSlot:
         self.where: dict[str, Any] = {}
         self.used = 0
         self.dead = False
+        self.stale = False  # its actor died and Ray may restart it: ask it before reuse
         self.placed = threading.Event()  # set when placing ended, placed or failed
+
+    def lost(self, restartable: bool) -> None:
+        """Its actor died: Ray restarts it (``max_restarts``) or it is gone for good."""
+        if restartable:
+            self.stale = True
+        else:
+            self.dead = True
 
 
 class _Pool:
@@ -199,13 +208,29 @@ class _Pool:
                 finally:
                     host.placed.set()
                 return host
-            if host.placed.wait(max(end - time.monotonic(), 0)) and not host.dead:
+            placed = host.placed.wait(max(end - time.monotonic(), 0))
+            if placed and not host.dead and self._revived(host, end):
                 return host
             self.release(host)
             if time.monotonic() >= end:
                 raise SandboxTimeoutError(
                     f"no Ray host actor was placed within {timeout:g} s (startup_timeout)"
                 )
+
+    def _revived(self, host: _HostSlot, end: float) -> bool:
+        """Whether a host whose actor died (``stale``) answers again, restarted by Ray; one
+        that does not within ``placement_timeout`` is dead. Its new place is in ``where``."""
+        if not host.stale:
+            return True
+        ray = ray_module()
+        wait = max(min(self.backend.placement_timeout, end - time.monotonic()), 0.001)
+        try:
+            host.where = codec.decode(ray.get(host.actor.ready.remote(), timeout=wait))
+        except Exception:  # not within the wait, or its restarts are used up
+            host.dead = True
+            return False
+        host.stale = False
+        return True
 
     def _place(self, host: _HostSlot, timeout: float, startup: float) -> None:
         ray = ray_module()
@@ -352,7 +377,7 @@ def _start(
                 f"{label!r} within startup_timeout={options.startup_timeout:g} s"
             ) from None
         except ray.exceptions.RayError as exc:
-            host.dead = True
+            host.lost(backend.max_restarts != 0)
             raise SandboxStartupError(
                 f"the Ray host actor for {label!r} died while starting it: {exc}", source=label
             ) from None
@@ -501,7 +526,7 @@ class RayWorker:
     def _lost(self, exc: BaseException) -> None:
         text = str(exc).strip()
         self._host_error = text.splitlines()[0] if text else repr(exc)
-        self._host.dead = True
+        self._host.lost(self._pool.backend.max_restarts != 0)
 
     # -- WorkerHandle ------------------------------------------------------------------------
 
@@ -528,6 +553,9 @@ class RayWorker:
 
     def crashed_error(self, what: str, *, wait: float | None = None) -> SandboxCrashedError:
         where = self.whom()
+        report = {}
+        if self._host_error is None:  # the report call finds a dead host out, too
+            report = self._report(what, self.timeouts.crash_wait if wait is None else wait)
         if self._host_error is not None:
             return SandboxCrashedError(
                 f"the sandbox for {self.label!r} ({where}) was lost during {what}: its Ray host "
@@ -535,7 +563,14 @@ class RayWorker:
                 "(RayBackend(max_restarts=...) lets Ray restart the host)",
                 source=self.label,
             )
-        report = self._report(what, self.timeouts.crash_wait if wait is None else wait)
+        if report.get("gone") and report.get("restarted"):
+            self._host.lost(True)  # the next start asks where the restarted host runs
+            return SandboxCrashedError(
+                f"the sandbox for {self.label!r} ({where}) was lost during {what}: its Ray host "
+                "actor died and Ray restarted it (max_restarts) without its sandboxes; start a "
+                "new env, or pass auto_restart=True (the new sandbox goes to the restarted host)",
+                source=self.label,
+            )
         from .process import describe_exit
 
         code = report.get("exit_code")
@@ -550,11 +585,16 @@ class RayWorker:
     def _report(self, what: str, wait: float) -> dict[str, Any]:
         if self._reported is None:
             report: dict[str, Any] = {}
-            with contextlib.suppress(Exception):
-                bound = wait + self.timeouts.output_wait + REPORT_WAIT
+            ray = ray_module()
+            bound = wait + self.timeouts.output_wait + REPORT_WAIT
+            try:
                 data = self._call("report", what, wait, timeout=bound)
                 if data is not None:
                     report = codec.decode(data)
+            except ray.exceptions.RayError as exc:  # the host died too (tcp: only now seen)
+                self._lost(exc)
+            except Exception:  # an undecodable report, Ray shut down: report what is known
+                pass
             self._reported = report
         return self._reported
 

@@ -76,7 +76,9 @@ class Host:
     def __init__(self) -> None:
         self._children: dict[int, _Child] = {}
         self._listeners: dict[int, tuple[socket.socket, bytes]] = {}
-        self._ids = itertools.count(1)
+        # ids start at a random point, so an id from before Ray restarted this actor
+        # (max_restarts) never names a child of the new incarnation
+        self._ids = itertools.count((secrets.randbits(30) << 32) + 1)
         self._lock = threading.Lock()
 
     def ready(self) -> bytes:
@@ -86,7 +88,7 @@ class Host:
         node = ray.get_runtime_context().get_node_id()
         ip = next((n.get("NodeManagerAddress") for n in ray.nodes() if n.get("NodeID") == node),
                   None) or ray.util.get_node_ip_address()  # fmt: skip
-        return codec.encode({"node": node, "ip": ip, "pid": os.getpid()})
+        return codec.encode({"node": node, "ip": ip, "pid": os.getpid(), "restarted": _restarted()})
 
     def listen(self) -> bytes:
         """The tcp data plane: a listening socket on this node and its token, for one
@@ -200,8 +202,9 @@ class Host:
     def report(self, sid: int, what: str, wait: float) -> bytes:
         """How a child died: exit status, pid and its last output."""
         child = self._child(sid)
-        if child is None:
-            return codec.encode({"exit_code": None, "pid": None, "tail": "", "gone": True})
+        if child is None:  # stopped, or held by this actor before Ray restarted it
+            report = {"exit_code": None, "pid": None, "tail": "", "gone": True}
+            return codec.encode({**report, "restarted": _restarted()})
         error = child.process.crashed_error(what, wait=wait)
         return codec.encode(
             {
@@ -238,6 +241,13 @@ class Host:
         for sid in sids:
             self.stop(sid, 0.0)
         return b""
+
+
+def _restarted() -> bool:
+    """Whether Ray restarted this actor (``max_restarts``): its children before are gone."""
+    import ray
+
+    return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
 def accept(listener: socket.socket, token: bytes, timeout: float) -> socket.socket | None:

@@ -20,6 +20,7 @@ import contextlib
 import os
 import select
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -106,13 +107,16 @@ def _watch_host(rfd: int, wfd: int) -> int:
 
     With a socket (``rfd == wfd``: the Ray backend's tcp plane) a watcher process would hold
     the connection open after the worker died, hiding its death from the host; a thread
-    watches instead, as the GIL allows.
+    watches instead, as the GIL allows. The socket's peer is the driver, so the thread also
+    watches the output pipe (fd 2) that the host actor reads: the actor dying, even by
+    SIGKILL, closes its end, and the sandbox ends with its host as it does on pipes.
     """
     worker = os.getpid()
     if rfd == wfd:
+        watched = [rfd, 2] if stat.S_ISFIFO(os.fstat(2).st_mode) else [rfd]
 
         def watch() -> None:
-            _wait_for_hangup(rfd)
+            _wait_for_hangup(*watched)  # a pipe's write end reports an error without a reader
             _end_sandbox(worker)
 
         threading.Thread(target=watch, name="rlmesh-host-watch", daemon=True).start()
