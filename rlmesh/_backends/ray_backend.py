@@ -553,7 +553,7 @@ class RayWorker:
 
     def crashed_error(self, what: str, *, wait: float | None = None) -> SandboxCrashedError:
         where = self.whom()
-        report = {}
+        report: dict[str, Any] = {}
         if self._host_error is None:  # the report call finds a dead host out, too
             report = self._report(what, self.timeouts.crash_wait if wait is None else wait)
         if self._host_error is not None:
