@@ -133,6 +133,24 @@ def test_seeded_single_trajectory_equals_the_local_backends(no_leftovers: None) 
         assert same(play_single(env, 7), expected)
 
 
+def test_a_users_ray_task_runs_a_sandbox_through_ray_backend(no_leftovers: None) -> None:
+    """Rollout workers are often Ray tasks or actors themselves: inside one, RayBackend uses
+    the Ray it runs in and places its host actor from there (and removes it at close)."""
+
+    def rollout(backend: RayBackend) -> list[Any]:
+        with SandboxEnv("CartPole-v1", backend=backend) as env:
+            return play_single(env, 7)
+
+    expected = local_single()
+    this = sys.modules[__name__]  # not importable on Ray's workers: send its code along
+    ray.cloudpickle.register_pickle_by_value(this)
+    try:
+        task = ray.remote(num_cpus=0.1)(rollout)
+        assert same(ray.get(task.remote(ONE_PER_HOST), timeout=120), expected)
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(this)
+
+
 @pytest.mark.anyio
 async def test_seeded_async_single_trajectory_equals_the_local_backends(
     no_leftovers: None,
