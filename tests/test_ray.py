@@ -338,7 +338,7 @@ def test_a_host_actor_that_ray_restarts_takes_new_sandboxes_and_old_ids_reach_no
         second.reset(seed=0)
         host = first._core.sandbox.child._host
         assert second._core.sandbox.child._host is host
-        old_pid = host.where["pid"]
+        old_pid, old_epoch = host.where["pid"], host.where["epoch"]
         children = [env._core.sandbox.child.remote_pid for env in (first, second)]
         os.kill(old_pid, signal.SIGKILL)
         assert all(wait_gone(pid, 10.0) for pid in children), "a child outlived its host"
@@ -347,7 +347,7 @@ def test_a_host_actor_that_ray_restarts_takes_new_sandboxes_and_old_ids_reach_no
         _, info = second.reset(seed=0)
         assert info["rlmesh_restarted"] is True
         assert second._core.sandbox.child._host is host, "a new host was placed"
-        assert host.where["pid"] != old_pid and host.where["restarted"] is True
+        assert host.where["pid"] != old_pid and host.where["epoch"] != old_epoch
         assert second._core.sandbox.child.details["remote_pid"] not in children
         second.step(0)
         with pytest.raises(SandboxCrashedError, match="Ray restarted it"):

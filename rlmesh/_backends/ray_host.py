@@ -76,9 +76,11 @@ class Host:
     def __init__(self) -> None:
         self._children: dict[int, _Child] = {}
         self._listeners: dict[int, tuple[socket.socket, bytes]] = {}
-        # ids start at a random point, so an id from before Ray restarted this actor
-        # (max_restarts) never names a child of the new incarnation
-        self._ids = itertools.count((secrets.randbits(30) << 32) + 1)
+        # an id carries this incarnation's random epoch in its high bits: an id from before
+        # Ray restarted this actor (max_restarts) never names a child of the new one, and
+        # says that the actor restarted since it was given out
+        self._epoch = secrets.randbits(30) + 1
+        self._ids = itertools.count((self._epoch << 32) + 1)
         self._lock = threading.Lock()
 
     def ready(self) -> bytes:
@@ -88,7 +90,7 @@ class Host:
         node = ray.get_runtime_context().get_node_id()
         ip = next((n.get("NodeManagerAddress") for n in ray.nodes() if n.get("NodeID") == node),
                   None) or ray.util.get_node_ip_address()  # fmt: skip
-        return codec.encode({"node": node, "ip": ip, "pid": os.getpid(), "restarted": _restarted()})
+        return codec.encode({"node": node, "ip": ip, "pid": os.getpid(), "epoch": self._epoch})
 
     def listen(self) -> bytes:
         """The tcp data plane: a listening socket on this node and its token, for one
@@ -204,7 +206,7 @@ class Host:
         child = self._child(sid)
         if child is None:  # stopped, or held by this actor before Ray restarted it
             report = {"exit_code": None, "pid": None, "tail": "", "gone": True}
-            return codec.encode({**report, "restarted": _restarted()})
+            return codec.encode({**report, "restarted": sid >> 32 != self._epoch})
         error = child.process.crashed_error(what, wait=wait)
         return codec.encode(
             {
@@ -241,13 +243,6 @@ class Host:
         for sid in sids:
             self.stop(sid, 0.0)
         return b""
-
-
-def _restarted() -> bool:
-    """Whether Ray restarted this actor (``max_restarts``): its children before are gone."""
-    import ray
-
-    return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
 def accept(listener: socket.socket, token: bytes, timeout: float) -> socket.socket | None:
