@@ -4,6 +4,8 @@ relay step   SandboxEnv(CartPole-v1, backend=RayBackend()).step(0): a frame thro
              driver's relay, one actor call, the child's pipe on the host, and back
 Ray echo     a bare round trip: ray.get(actor.echo.remote(frame)) on an actor that returns
              its argument (the same bytes as a step request), on the same local cluster
+quiet echo   the same with enable_task_events=False, as rlmesh's exchange calls are made:
+             the stricter floor (Ray's default records an event per call)
 tcp step     the same step with RayBackend(data_plane="tcp"): a token-authenticated socket to
              the host actor, which pumps bytes to the child's pipes
 local step   the same step on the local backend (the child's pipes straight from the driver)
@@ -39,6 +41,12 @@ HOST = {"CPU": 0.1}
 
 
 class Echo:
+    def echo(self, data: bytes) -> bytes:
+        return data
+
+
+class QuietEcho:
+    @ray.method(enable_task_events=False)
     def echo(self, data: bytes) -> bytes:
         return data
 
@@ -101,10 +109,12 @@ def main() -> None:
     relay_start = time.perf_counter() - begun
     tcp = SandboxEnv("CartPole-v1", backend=RayBackend(resources=HOST, data_plane="tcp"))
     echo_actor = ray.remote(Echo).options(num_cpus=HOST["CPU"]).remote()
+    quiet_actor = ray.remote(QuietEcho).options(num_cpus=HOST["CPU"]).remote()
     payload = P.RequestEncoder().encode([P.STEP, 0])
     frame = P.frame_header(len(payload)) + payload
     subjects: dict[str, Callable[[], Any]] = {
         "Ray echo": echo(echo_actor, frame),
+        "quiet echo": echo(quiet_actor, frame),
         "relay step": stepper(relay),
         "local step": stepper(local),
         "tcp step": stepper(tcp),
@@ -121,9 +131,11 @@ def main() -> None:
         return statistics.median(s / f for s, f in pairs)
 
     relay_ratio, tcp_ratio = ratio("relay step", "Ray echo"), ratio("tcp step", "local step")
+    strict_ratio = ratio("relay step", "quiet echo")
     for env in (local, relay, tcp):
         env.close()
     ray.kill(echo_actor)
+    ray.kill(quiet_actor)
     if not args.address:
         ray.shutdown()
 
@@ -135,6 +147,8 @@ def main() -> None:
     print(f"| Ray echo round trip | {us['Ray echo']:.0f} | 1.00x | |")
     print(f"| relay step (data_plane='ray') | {us['relay step']:.0f} | "
           f"**{relay_ratio:.2f}x** | <= 1.2x Ray echo |")  # fmt: skip
+    print(f"| quiet echo (no task events) | {us['quiet echo']:.0f} | "
+          f"relay step: {strict_ratio:.2f}x | |")  # fmt: skip
     print(f"| local step (pipe) | {us['local step']:.0f} | 1.00x | |")
     print(f"| tcp step (data_plane='tcp') | {us['tcp step']:.0f} | "
           f"**{tcp_ratio:.2f}x** | <= 2x local step |")  # fmt: skip

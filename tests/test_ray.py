@@ -133,6 +133,24 @@ def test_seeded_single_trajectory_equals_the_local_backends(no_leftovers: None) 
         assert same(play_single(env, 7), expected)
 
 
+def test_steps_record_no_ray_task_events_and_control_calls_do(no_leftovers: None) -> None:
+    """A task event per step would reach the GCS (one process for the cluster) and bury the
+    dashboard's task list. After the steps, a control call (``tail``) runs on the same
+    actor, and its event is flushed after any the steps made."""
+
+    def count(name: str) -> int:
+        return sum(event.get("name") == name for event in ray.timeline())
+
+    tails = count("tail")
+    with SandboxEnv("CartPole-v1", backend=ONE_PER_HOST) as env:
+        env.reset(seed=0)
+        for t in range(20):
+            env.step(t % 2)
+        env._core.sandbox.child.output_tail()
+        assert wait_until(lambda: count("tail") > tails, 30.0), "no task event came at all"
+    assert count("exchange") == 0
+
+
 def test_a_users_ray_task_runs_a_sandbox_through_ray_backend(no_leftovers: None) -> None:
     """Rollout workers are often Ray tasks or actors themselves: inside one, RayBackend uses
     the Ray it runs in and places its host actor from there (and removes it at close)."""
