@@ -313,7 +313,9 @@ def _actor_class() -> Any:
     with _pools_lock:
         if not _actor_classes:
             ray = ray_module()
-            ray.method(enable_task_events=False)(Host.exchange)
+            # Ray < 2.10 has no such option (its ray.method asserts on unknown names)
+            with contextlib.suppress(AssertionError, TypeError, ValueError):
+                ray.method(enable_task_events=False)(Host.exchange)
             _actor_classes.append(ray.remote(Host))
         return _actor_classes[0]
 
