@@ -1,7 +1,7 @@
 """What the Ray backend costs per step, against its floors, measured side by side in one run.
 
-relay step   SandboxEnv(CartPole-v1, backend=RayBackend()).step(0): a frame through the
-             driver's relay, one actor call, the child's pipe on the host, and back
+relay step   SandboxEnv(CartPole-v1, backend=RayBackend()).step(0): a frame in one actor
+             call to the host actor, through the child's pipes on the host, and back
 Ray echo     a bare round trip: ray.get(actor.echo.remote(frame)) on an actor that returns
              its argument (the same bytes as a step request), on the same local cluster
 quiet echo   the same with enable_task_events=False, as rlmesh's exchange calls are made:
