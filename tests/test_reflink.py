@@ -1,11 +1,12 @@
 """On a file system with copy-on-write clones, a venv's copies share uv's blocks.
 
 rlmesh installs with ``uv pip install --link-mode=copy`` (never hard links: ``venv.py``).
-uv copies with ``copy_file_range``, which btrfs answers with a clone. So there a venv costs
-almost no disk, and the guarantee holds: a sandbox that writes into its own site-packages
-gets its own blocks. This machine's disk is ext4 (real copies), so the test runs on a real
-btrfs: a file on a loop device, made and mounted here. That needs root and btrfs-progs,
-which ``.ci/run`` installs; there ``RLMESH_REQUIRE_REFLINK=1`` makes their absence a failure.
+uv copies with ``copy_file_range``, which btrfs and XFS answer with a clone. So there a venv
+costs almost no disk, and the guarantee holds: a sandbox that writes into its own
+site-packages gets its own blocks. This machine's disk is ext4 (real copies), so the test
+runs on a real btrfs and a real XFS: a file on a loop device, made and mounted here. That
+needs root, btrfs-progs and xfsprogs, which ``.ci/run`` installs; there
+``RLMESH_REQUIRE_REFLINK=1`` makes their absence a failure.
 """
 
 from __future__ import annotations
@@ -24,11 +25,16 @@ from rlmesh.numpy import SandboxEnv
 pytestmark = pytest.mark.sandbox
 
 
-@pytest.fixture
-def btrfs(tmp_path: Path) -> Iterator[Path]:
-    """A 2 GiB btrfs (a sparse file) mounted from a loop device for one test."""
-    if os.geteuid() != 0 or shutil.which("mkfs.btrfs") is None:
-        message = "a loop-mounted btrfs needs root and mkfs.btrfs (Debian: btrfs-progs)"
+MKFS = {"btrfs": ["mkfs.btrfs", "-q"], "xfs": ["mkfs.xfs", "-q", "-m", "reflink=1"]}
+PACKAGES = {"btrfs": "btrfs-progs", "xfs": "xfsprogs"}
+
+
+@pytest.fixture(params=sorted(MKFS))
+def cow(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A 2 GiB file system (a sparse file) with clones, mounted from a loop device."""
+    kind = request.param
+    if os.geteuid() != 0 or shutil.which(MKFS[kind][0]) is None:
+        message = f"a loop-mounted {kind} needs root and {MKFS[kind][0]} ({PACKAGES[kind]})"
         if os.environ.get("RLMESH_REQUIRE_REFLINK") == "1":
             pytest.fail(message)
         pytest.skip(message)
@@ -36,7 +42,7 @@ def btrfs(tmp_path: Path) -> Iterator[Path]:
     mount.mkdir()
     with open(image, "wb") as file:
         file.truncate(2 << 30)
-    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
+    subprocess.run([*MKFS[kind], str(image)], check=True, capture_output=True)
     subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
     try:
         yield mount
@@ -52,19 +58,19 @@ def shares_extents(path: Path) -> bool:
     return "shared" in out
 
 
-def test_on_btrfs_a_venvs_copies_share_uvs_blocks_and_a_write_stays_its_own(
-    btrfs: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_venvs_copies_share_uvs_blocks_and_a_write_stays_its_own(
+    cow: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """uv's cache lives on the btrfs too (a fresh one: this test downloads)."""
-    monkeypatch.setenv("RLMESH_CACHE_DIR", str(btrfs / "rlmesh"))
-    monkeypatch.setenv("UV_CACHE_DIR", str(btrfs / "uv"))
+    """uv's cache lives on that file system too (a fresh one: this test downloads)."""
+    monkeypatch.setenv("RLMESH_CACHE_DIR", str(cow / "rlmesh"))
+    monkeypatch.setenv("UV_CACHE_DIR", str(cow / "uv"))
     with SandboxEnv("rlmesh_test/Faulty-v0", mode="tamper", **TEST_ENVS) as env:
         venv = Path(env.sandbox_versions["executable"]).parent.parent
         site = next((venv / "lib").glob("python*/site-packages"))
         big = max((site / "numpy").rglob("*.so"), key=lambda p: p.stat().st_size)
         assert big.stat().st_nlink == 1  # not a hard link into uv's cache
         assert shares_extents(big), f"{big} shares no blocks: a full copy"
-        cached = {p: p.read_bytes() for p in (btrfs / "uv").rglob("numpy/__init__.py")}
+        cached = {p: p.read_bytes() for p in (cow / "uv").rglob("numpy/__init__.py")}
         assert cached, "uv's cache holds numpy's files"
         env.reset()  # the env appends to its own numpy/__init__.py
     own = site / "numpy" / "__init__.py"
